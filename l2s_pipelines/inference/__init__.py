@@ -1,0 +1,1 @@
+"""inference subpackage of l2s_pipelines."""

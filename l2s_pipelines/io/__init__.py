@@ -1,0 +1,1 @@
+"""io subpackage of l2s_pipelines."""

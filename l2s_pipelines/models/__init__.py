@@ -1,0 +1,1 @@
+"""models subpackage of l2s_pipelines."""

@@ -1,0 +1,1 @@
+"""nn subpackage of l2s_pipelines."""

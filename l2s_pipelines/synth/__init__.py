@@ -1,0 +1,1 @@
+"""synth subpackage of l2s_pipelines."""

@@ -1,0 +1,1 @@
+"""train subpackage of l2s_pipelines."""

@@ -1,0 +1,1 @@
+"""Pydra tasks and workflows of l2s-pipelines (installed as ``l2s_pipelines.workflows``)."""

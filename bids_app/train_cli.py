@@ -1,0 +1,296 @@
+"""``l2s-train``: train a segmentation model package from label maps (and labelled real scans).
+
+Example (the bundled model's recipe; see the README)::
+
+    l2s-train --label-maps ../shared/data/label_maps \\
+        --real-bids ../shared/data/bids_real \\
+        --tune-participant-label ixi012 ixi013 ixi014 bert \\
+        --method l2s-parametric --ndim 2 --plane all --steps 20000 \\
+        -o models/l2s-2p5d
+
+Inputs are collected and checked before anything is trained (exit code 2 with the offending
+file named on bad input); real scans and their reference labels are found with pybids
+(``validate=True``) in ``--real-bids`` and ``--reference-derivatives``. Training runs as a Pydra
+workflow (:func:`l2s_pipelines.workflows.training.init_train_wf`) with the ``cf``, ``debug`` or
+``slurm`` worker; torch is imported only inside the task. The trainer's run folder
+(checkpoints, ``metrics.jsonl``) is ``MODEL_DIR/training``, which ``--resume`` continues from.
+After training the manifest is completed (tune subjects, command line, budget, curve file) and
+``training_report.html`` is written into the package folder.
+
+Exit codes: 0 success; 2 bad arguments or inputs; 1 training failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from l2s_pipelines.errors import InputError, ModelError
+
+LOG = logging.getLogger("l2s_pipelines.train_cli")
+METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "mixed", "finetune", "supervised")
+#: Methods that need labelled real scans (--tune-participant-label).
+NEEDS_REAL = frozenset(METHODS) - {"synthseg"}
+PLANES = ("axial", "coronal", "sagittal")
+NIFTI_EXT = (".nii", ".nii.gz")
+TRAINING_SUBDIR = "training"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``l2s-train`` (``-`` and ``_`` spellings both accepted)."""
+    p = argparse.ArgumentParser(prog="l2s-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add(*names, **kw):
+        alts = [n.replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+        p.add_argument(*names, *alts, **kw)
+
+    add("--label-maps", required=True, type=Path, metavar="DIR",
+        help="folder of NIfTI label maps, or a BIDS derivative dataset of *_dseg files")
+    add("--generation-labels", type=Path, metavar="TSV",
+        help="generation classes (columns label, generation_class); default: "
+             "generation_labels.tsv beside the label maps when present")
+    add("--real-bids", type=Path, metavar="BIDS_DIR", help="BIDS dataset of labelled real scans")
+    add("--reference-derivatives", type=Path, metavar="DIR",
+        help="derivative dataset of *_desc-reference_dseg labels (default BIDS_DIR/derivatives/reference)")
+    add("--tune-participant-label", nargs="+", default=[], metavar="L",
+        help="labelled real scans used for tuning (theta; or the real batches of mixed, "
+             "finetune, supervised)")
+    add("--val-participant-label", nargs="+", default=None, metavar="L",
+        help="validation subjects for Dice curves and model selection (default: the tune "
+             "subjects); never put the scored subjects here unless you mean it")
+    add("--method", choices=METHODS, default="l2s-parametric")
+    add("--ndim", type=int, choices=(2, 3), default=2)
+    add("--plane", choices=PLANES + ("all",), default="axial",
+        help="2D slicing plane; 'all' trains on slices of the three planes (2.5D inference)")
+    add("--voxel-size", type=float, default=1.0, metavar="MM", help="isotropic training voxel size (mm)")
+    add("--patch-size", type=int, nargs="+", default=None, metavar="N",
+        help="patch size in voxels (one value for all axes, or one per axis)")
+    add("--batch-size", type=int, default=None)
+    add("--steps", type=int, default=None, help="total optimisation steps (warm-up included)")
+    add("--warmup-steps", type=int, default=None, help="plain synthetic steps before Learn2Synth")
+    add("--lr", type=float, default=None, help="segmenter learning rate")
+    add("--lr-theta", type=float, default=None, help="augmenter learning rate")
+    add("--widths", type=int, nargs="+", default=None, help="UNet widths per level")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add("--seed", type=int, default=0)
+    add("--resume", action="store_true", help="continue from MODEL_DIR/training's last checkpoint")
+    add("--eval-every", type=int, default=None, metavar="STEPS")
+    add("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    add("--name", default=None, help="model name recorded in the manifest (default: folder name)")
+    add("--plugin", choices=("cf", "debug", "slurm"), default="cf", help="Pydra worker")
+    add("--sbatch-args", default="", help="extra sbatch arguments for --plugin slurm")
+    add("--nthreads", type=int, default=None, help="torch threads in the training task")
+    add("-w", "--work-dir", type=Path, default=None,
+        help="Pydra cache folder (default: MODEL_DIR/../.l2s-train-work/NAME)")
+    add("-o", "--output", required=True, type=Path, metavar="MODEL_DIR",
+        help="model package folder to write")
+    add("--no-report", action="store_true", help="skip training_report.html")
+    add("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _strip(label: str) -> str:
+    return label[4:] if label.startswith("sub-") else label
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_EXT) and path.is_file()
+
+
+def collect_label_maps(path: Path, generation_labels: Path | None = None) -> tuple[list[str], str | None]:
+    """Label maps to synthesise from, and the generation-class table.
+
+    ``path`` is a folder of NIfTI files, or a BIDS derivative dataset (it has
+    ``dataset_description.json``) whose ``*_dseg.nii[.gz]`` files are used. Returns sorted
+    absolute paths and the TSV path (given, or ``generation_labels.tsv`` beside the maps, or
+    None). Raises InputError naming the folder when nothing usable is found.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise InputError(f"{path}: --label-maps folder does not exist")
+    if (path / "dataset_description.json").is_file():
+        maps = sorted(p for p in path.rglob("*_dseg.nii*") if _is_nifti(p))
+        what = "*_dseg.nii[.gz] files in this derivative dataset"
+    else:
+        maps = sorted(p for p in path.iterdir() if _is_nifti(p))
+        what = "NIfTI label maps (*.nii, *.nii.gz)"
+    if not maps:
+        raise InputError(f"{path}: no {what}")
+    if generation_labels is not None:
+        generation_labels = Path(generation_labels).expanduser().resolve()
+        if not generation_labels.is_file():
+            raise InputError(f"{generation_labels}: --generation-labels file does not exist")
+    elif (path / "generation_labels.tsv").is_file():
+        generation_labels = path / "generation_labels.tsv"
+    return [str(p) for p in maps], (str(generation_labels) if generation_labels else None)
+
+
+def collect_real_pairs(bids_dir: Path, reference_dir: Path | None, labels: list[str]) -> list[dict]:
+    """Find each participant's T1w scan and reference label map with pybids (validate=True).
+
+    Returns ``[{"subject": "sub-X", "image": path, "reference": path}]`` in the order given.
+    Raises InputError naming the dataset and the known labels for an unknown participant, or
+    the expected file when a scan or reference is missing or ambiguous.
+    """
+    from bids import BIDSLayout
+
+    bids_dir = Path(bids_dir).expanduser().resolve()
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
+    reference_dir = Path(reference_dir or bids_dir / "derivatives" / "reference").expanduser().resolve()
+    if not (reference_dir / "dataset_description.json").is_file():
+        raise InputError(f"{reference_dir}: reference derivative dataset missing (no "
+                         f"dataset_description.json); pass --reference-derivatives")
+    layout = BIDSLayout(str(bids_dir), validate=True, derivatives=str(reference_dir))
+    known = set(layout.get_subjects())
+    unknown = [lab for lab in map(_strip, labels) if lab not in known]
+    if unknown:
+        raise InputError(f"{bids_dir}: unknown participant(s) {unknown}; the dataset has {sorted(known)}")
+    exts = list(NIFTI_EXT)
+    images, refs = {}, {}
+    for f in layout.get(suffix="T1w", extension=exts, scope="raw"):
+        images.setdefault(f.entities["subject"], []).append(f.path)
+    for f in layout.get(suffix="dseg", desc="reference", extension=exts, scope="derivatives"):
+        refs.setdefault(f.entities["subject"], []).append(f.path)
+    pairs = []
+    for lab in map(_strip, labels):
+        imgs, rfs = images.get(lab, []), refs.get(lab, [])
+        if len(imgs) != 1:
+            raise InputError(f"{bids_dir / ('sub-' + lab)}: expected exactly one T1w image, found {len(imgs)}")
+        if len(rfs) != 1:
+            raise InputError(f"{reference_dir / ('sub-' + lab)}: expected exactly one "
+                             f"*_desc-reference_dseg image, found {len(rfs)}")
+        pairs.append({"subject": f"sub-{lab}", "image": imgs[0], "reference": rfs[0]})
+    return pairs
+
+
+def _patch(args) -> list[int] | None:
+    if args.patch_size is None:
+        return None
+    n = args.ndim
+    if len(args.patch_size) not in (1, n):
+        raise InputError(f"--patch-size: give 1 or {n} values for --ndim {n}, got {args.patch_size}")
+    return list(args.patch_size) * (n if len(args.patch_size) == 1 else 1)
+
+
+def build_spec(args, argv: list[str]) -> dict:
+    """Check the arguments and collect the inputs into a JSON-able training spec.
+
+    ``spec["config"]`` holds the TrainConfig keyword arguments given on the command line
+    (None-valued options are left to the trainer's defaults); ``label_maps``,
+    ``generation_labels``, ``real_train``/``real_val`` (see :func:`collect_real_pairs`),
+    ``out_dir`` (the trainer's run folder), ``model_dir`` and ``command``.
+    """
+    if args.ndim == 3 and args.plane != "axial":
+        raise InputError(f"--plane {args.plane}: planes apply to 2D training only (--ndim 2)")
+    maps, gen = collect_label_maps(args.label_maps, args.generation_labels)
+    tune, val = list(args.tune_participant_label), args.val_participant_label
+    if args.method in NEEDS_REAL and not tune:
+        raise InputError(f"--method {args.method} needs labelled real scans: give "
+                         f"--real-bids and --tune-participant-label")
+    if (tune or val) and args.real_bids is None:
+        raise InputError("--tune/--val-participant-label need --real-bids BIDS_DIR")
+    real_train = collect_real_pairs(args.real_bids, args.reference_derivatives, tune) if tune else []
+    real_val = (collect_real_pairs(args.real_bids, args.reference_derivatives, val)
+                if val else list(real_train))
+    for name in ("steps", "batch_size", "warmup_steps", "eval_every", "checkpoint_every"):
+        v = getattr(args, name)
+        if v is not None and v < (0 if name == "warmup_steps" else 1):
+            raise InputError(f"--{name.replace('_', '-')}: must be positive, got {v}")
+    model_dir = Path(args.output).expanduser().resolve()
+    planes = list(PLANES) if args.plane == "all" else [args.plane]
+    config = {
+        "method": args.method, "ndim": args.ndim, "planes": planes if args.ndim == 2 else [],
+        "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
+        "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
+        "lr_theta": args.lr_theta, "widths": args.widths, "device": args.device,
+        "seed": args.seed, "resume": bool(args.resume), "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every, "name": args.name or model_dir.name,
+    }
+    return {"config": config, "label_maps": maps, "generation_labels": gen,
+            "real_train": real_train, "real_val": real_val,
+            "out_dir": str(model_dir / TRAINING_SUBDIR), "model_dir": str(model_dir),
+            "nthreads": args.nthreads,
+            "command": "l2s-train " + " ".join(shlex.quote(a) for a in argv)}
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def finalize_package(spec: dict, result: dict) -> Path:
+    """Complete the trained package's manifest and copy the training curves into it.
+
+    ``result`` is the training task's output (``model_dir``, ``metrics``). The manifest gains
+    ``training.tune_subjects``, ``val_subjects``, ``command``, ``budget`` (steps, batch,
+    patch, wall time when logged) and ``curves`` (``metrics.jsonl``, copied into the package).
+    The weights (and their sha256) are untouched.
+    """
+    from l2s_pipelines.io.checkpoint import MANIFEST_NAME, read_manifest
+
+    pkg = Path(result["model_dir"])
+    manifest = read_manifest(pkg)
+    metrics_src = Path(result["metrics"]) if result.get("metrics") else None
+    training = manifest.setdefault("training", {})
+    if metrics_src is not None and metrics_src.is_file():
+        dst = pkg / "metrics.jsonl"
+        if metrics_src.resolve() != dst.resolve():
+            dst.write_bytes(metrics_src.read_bytes())
+        training["curves"] = dst.name
+    training["tune_subjects"] = [p["subject"] for p in spec["real_train"]]
+    training["val_subjects"] = [p["subject"] for p in spec["real_val"]]
+    training["label_maps"] = [Path(p).name for p in spec["label_maps"]]
+    training["command"] = spec["command"]
+    cfg = spec["config"]
+    budget = dict(training.get("budget", {}))
+    budget.update({k: training.get(k, cfg.get(k)) for k in ("steps", "warmup_steps", "batch_size")})
+    budget.setdefault("patch_size", training.get("hyperparameters", {}).get("patch_size", cfg["patch_size"]))
+    budget["device"] = cfg["device"]
+    training["budget"] = budget
+    _atomic_json(pkg / MANIFEST_NAME, manifest)
+    return pkg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``l2s-train``; returns the exit code (0 ok, 1 training failed, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    os.environ.setdefault("NO_ET", "1")
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    try:
+        spec = build_spec(args, argv)
+    except InputError as exc:
+        print(f"l2s-train: error: {exc}", file=sys.stderr)
+        return 2
+    from l2s_pipelines.workflows.training import run_train_wf
+
+    work = args.work_dir or Path(spec["model_dir"]).parent / ".l2s-train-work" / Path(spec["model_dir"]).name
+    try:
+        result = run_train_wf(spec, plugin=args.plugin, work_dir=work, sbatch_args=args.sbatch_args)
+        pkg = finalize_package(spec, result)
+    except (InputError, ModelError) as exc:
+        print(f"l2s-train: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, InputError) else 1
+    except RuntimeError as exc:
+        print(f"l2s-train: training failed: {exc}", file=sys.stderr)
+        return 1
+    if not args.no_report:
+        from l2s_pipelines.bids_app.training_report import write_training_report
+        write_training_report(pkg)
+    print(f"l2s-train: model package written to {pkg}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

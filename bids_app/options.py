@@ -1,0 +1,160 @@
+"""Run options of ``l2s-bids``: a frozen dataclass built from parsed arguments, kept apart from
+running so that tests and other front ends can build one directly.
+
+No numpy or torch import here: the CLI sets thread variables before those load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l2s_pipelines.errors import InputError
+
+INPUT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
+PLUGINS = ("cf", "debug", "slurm", "sge", "dask")
+_MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything one ``l2s-bids`` invocation needs (paths absolute, labels without prefixes).
+
+    ``mem_mb`` is MiB (None: no bound); ``nprocs`` is the number of parallel image jobs and
+    ``omp_nthreads`` the threads each job may use (torch intra-op threads).
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    bids_filters: dict = field(default_factory=dict)
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_mb: int | None = None
+    skip_bids_validation: bool = False
+    stop_on_first_crash: bool = False
+    reports_only: bool = False
+    boilerplate_only: bool = False
+    random_seed: int = 0
+    verbosity: int = 0
+    model_dir: Path | None = None
+    device: str = "auto"
+    reference_derivatives: Path | None = None
+    input_suffix: str = "T1w"
+    save_probseg: bool = False
+    plugin: str = "cf"
+    plugin_args: dict = field(default_factory=dict)
+    output_spaces: tuple[str, ...] = ()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.output_dir / "logs"
+
+
+def available_cpus() -> int:
+    """CPUs of this job's allocation: ``SLURM_CPUS_PER_TASK`` if set, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_mem(text: str | None) -> int | None:
+    """``"8000"``, ``"8G"``, ``"512MB"``, ``"16gb"`` -> MiB (int). No unit means MB."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", str(text))
+    if not m:
+        raise InputError(f"--mem {text!r}: expected digits with an optional unit (K, M, G, T)")
+    return max(1, int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()]))
+
+
+def strip_prefix(labels, prefix: str) -> tuple[str, ...]:
+    """Drop an optional ``sub-``/``ses-`` prefix from each label; keep order, drop duplicates."""
+    out: list[str] = []
+    for lab in labels or ():
+        lab = str(lab).strip()
+        if lab.startswith(prefix):
+            lab = lab[len(prefix):]
+        if not re.fullmatch(r"[A-Za-z0-9]+", lab):
+            raise InputError(f"label {prefix}{lab!r}: BIDS labels are alphanumeric")
+        if lab not in out:
+            out.append(lab)
+    return tuple(out)
+
+
+def load_filter_file(path: str | os.PathLike | None) -> dict:
+    """Read a ``--bids-filter-file``: JSON ``{query: {entity: value}}``. ``null`` means the entity
+    must be absent and ``"*"`` any value (both translated to pybids' ``Query`` at query time)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the BIDS filter file ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: BIDS filter file is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise InputError(f"{path}: BIDS filter file must map query names to {{entity: value}} objects")
+    return data
+
+
+def parse_plugin_args(items) -> dict:
+    """``--plugin-args``: one JSON object, or ``key=value`` words (values parsed as JSON when
+    they parse, e.g. numbers and booleans, else kept as strings)."""
+    if not items:
+        return {}
+    if isinstance(items, str):
+        items = [items]
+    text = " ".join(items).strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--plugin-args: not valid JSON ({exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise InputError("--plugin-args: JSON must be an object")
+        return data
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--plugin-args: {item!r} is not key=value")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def check_paths(opts: RunOptions) -> None:
+    """Dataset-level path checks, before anything is written. Raises :class:`InputError`."""
+    bids, out, work = opts.bids_dir, opts.output_dir, opts.work_dir
+    if not bids.is_dir():
+        raise InputError(f"{bids}: input BIDS folder does not exist")
+    if out == bids:
+        raise InputError(f"{out}: output folder must differ from the input BIDS folder")
+    if bids in out.parents and out.parent.name != "derivatives" and "derivatives" not in out.relative_to(bids).parts:
+        raise InputError(f"{out}: output inside the input BIDS folder must sit under derivatives/")
+    if work == bids or bids in work.parents:
+        raise InputError(f"{work}: work folder must not be inside the input BIDS folder {bids}")
+    for path, what in ((out, "output"), (work, "work")):
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise InputError(f"{path}: {what} folder cannot be written ({probe} is not a writable folder)")
+    if opts.model_dir is not None and not opts.model_dir.is_dir():
+        raise InputError(f"{opts.model_dir}: model package folder does not exist")
+    if opts.reference_derivatives is not None and not opts.reference_derivatives.is_dir():
+        raise InputError(f"{opts.reference_derivatives}: reference derivatives folder does not exist")

@@ -1,0 +1,283 @@
+"""Participant and group drivers of ``l2s-bids``.
+
+Participant level: check arguments and dataset (exit 2 before anything is written), clean stale
+Pydra state under the work folder, skip images whose derivatives are complete, run one
+single-image workflow per remaining image through the chosen Pydra worker, publish each
+successful result (atomically, from the cached result folder after the Submitter returns),
+write subject reports, ``logs/run_summary.tsv`` and ``logs/status.json`` (updated as images
+finish). One failing image never stops the others unless ``--stop-on-first-crash``.
+
+Exit codes: 0 everything asked for succeeded (or was already complete); 2 bad arguments or
+dataset; 3 some images failed; 4 all images failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from l2s_pipelines.errors import InputError, ModelError
+
+LOG = logging.getLogger("l2s.run")
+EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 2, 3, 4
+SUMMARY_COLUMNS = ("subject", "session", "input", "status", "error", "runtime_s", "peak_memory_mb", "device")
+POLL_S = 0.5
+
+
+def run(opts) -> int:
+    """Run one ``l2s-bids`` invocation; returns the exit code. ``InputError``/``ModelError``
+    raised here are dataset-level problems (the CLI maps them to exit code 2)."""
+    if opts.analysis_level == "group":
+        from l2s_pipelines.bids_app.group import run_group
+
+        if not opts.output_dir.is_dir():
+            raise InputError(f"{opts.output_dir}: output folder does not exist; run the participant level first")
+        return run_group(opts.output_dir, opts)
+    return run_participant(opts)
+
+
+def resolve_model(model_dir) -> tuple[Path, dict]:
+    """Model folder and manifest, checked without torch: manifest schema and labels, weights
+    file complete, sha256 equal to the manifest's. Raises :class:`ModelError` naming the file."""
+    from l2s_pipelines.io import checkpoint as ck
+
+    path = Path(model_dir) if model_dir is not None else ck.default_model_dir()
+    manifest = ck.read_manifest(path)
+    weights = path / manifest["weights"].get("file", ck.WEIGHTS_NAME)
+    ck.check_safetensors_file(weights)
+    if ck.sha256_file(weights) != manifest["weights"].get("sha256"):
+        raise ModelError(f"{weights}: sha256 mismatch with {path / ck.MANIFEST_NAME}; the weights "
+                         "file is corrupt or was replaced")
+    return path.absolute(), manifest
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Board:
+    """Per-image status: a progress bar on a terminal, log lines otherwise, and
+    ``logs/status.json`` rewritten atomically on every change."""
+
+    def __init__(self, images, logs_dir: Path):
+        self.rows = [{"subject": im.subject, "session": im.session, "input": im.path, "status": "pending",
+                      "error": "", "runtime_s": "", "peak_memory_mb": "", "device": ""} for im in images]
+        self.logs_dir, self.started, self._lock = logs_dir, _utcnow(), threading.Lock()
+        self._t0 = [None] * len(self.rows)
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.rows), unit="image", desc="l2s-bids")
+
+    def set(self, i: int, status: str, **fields) -> None:
+        with self._lock:
+            row = self.rows[i]
+            if row["status"] == status and not fields:
+                return
+            if status == "running" and self._t0[i] is None:
+                self._t0[i] = time.monotonic()
+            if status in ("ok", "failed") and not row.get("runtime_s") and self._t0[i] is not None:
+                row["runtime_s"] = round(time.monotonic() - self._t0[i], 1)
+            was_final = row["status"] in ("ok", "failed", "skipped")
+            row.update(status=status, **fields)
+            final = status in ("ok", "failed", "skipped")
+            label = f"sub-{row['subject']}" + (f" ses-{row['session']}" if row["session"] else "")
+            if final and not was_final:
+                done = sum(r["status"] in ("ok", "failed", "skipped") for r in self.rows)
+                if self._bar is not None:
+                    self._bar.update(1)
+                    self._bar.set_postfix_str(f"{label}: {status}")
+                else:
+                    LOG.info("[%d/%d] %s %s: %s%s", done, len(self.rows), label, Path(row["input"]).name,
+                             status, f" ({row['error']})" if row["error"] else "")
+            self._write_status()
+
+    def _write_status(self) -> None:
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        finished = all(r["status"] not in ("pending", "running") for r in self.rows)
+        doc = {"started": self.started, "updated": _utcnow(), "total": len(self.rows), "counts": counts,
+               "finished": finished, "images": self.rows}
+        _atomic_text(self.logs_dir / "status.json", json.dumps(doc, indent=2, default=str) + "\n")
+
+    def write_summary(self) -> Path:
+        path = self.logs_dir / "run_summary.tsv"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(SUMMARY_COLUMNS)
+            for r in self.rows:
+                w.writerow([str(r[c]).replace("\t", " ").replace("\n", " ") if r[c] != "" else "n/a"
+                            for c in SUMMARY_COLUMNS])
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _watch(board: Board, tasks: dict[int, object], work_dir: Path, stop: threading.Event) -> None:
+    """Poll the Pydra cache folders of the image workflows and mirror their state."""
+    from l2s_pipelines.workflows.execution import job_state
+
+    while not stop.wait(POLL_S):
+        for i, task in tasks.items():
+            if board.rows[i]["status"] in ("pending", "running"):
+                state = job_state(task, work_dir)
+                if state == "running":
+                    board.set(i, "running")
+                elif state in ("done", "failed"):
+                    board.set(i, "finishing")
+
+
+def _collect(board: Board, i: int, task, im, opts) -> None:
+    """Publish image ``i`` from its cached result, or record its error."""
+    from l2s_pipelines.bids_app.derivatives import publish_image_results
+    from l2s_pipelines.workflows.execution import job_error, load_job_result
+
+    result = load_job_result(task, opts.work_dir)
+    if result is None or result.errored or result.outputs is None:
+        board.set(i, "failed", error=job_error(task, opts.work_dir) if result is not None else "not run (no result)")
+        return
+    out_dir = Path(result.outputs.out_dir)
+    try:
+        info = json.loads((out_dir / "info.json").read_text(encoding="utf-8"))
+        publish_image_results(out_dir, opts.output_dir, entities=im.entities, source_file=im.path,
+                              save_probseg=opts.save_probseg, bids_dir=opts.bids_dir)
+    except Exception as exc:  # a publishing problem fails this image only
+        board.set(i, "failed", error=f"publishing: {type(exc).__name__}: {exc}")
+        return
+    board.set(i, "ok", runtime_s=info.get("runtime_s", ""), peak_memory_mb=info.get("peak_memory_mb", ""),
+              device=info.get("device", ""))
+
+
+def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
+    """Run the image workflows (all at once, or one by one with --stop-on-first-crash)."""
+    from l2s_pipelines.workflows.execution import make_submitter
+    from l2s_pipelines.workflows.participant import init_participant_wf
+
+    batches = [[i] for i in todo] if opts.stop_on_first_crash else [todo]
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(board, {i: tasks[i] for i in todo}, opts.work_dir, stop),
+                               daemon=True)
+    watcher.start()
+    try:
+        with make_submitter(opts.plugin, work_dir=opts.work_dir, nprocs=opts.nprocs,
+                            plugin_args=opts.plugin_args) as sub:
+            for batch in batches:
+                wf, _ = init_participant_wf(image_tasks=[tasks[i] for i in batch],
+                                            entities=[images[i].entities for i in batch])
+                try:
+                    sub(wf, raise_errors=False)
+                except Exception as exc:  # errors of single images are read from their own records
+                    LOG.debug("participant workflow reported: %s", exc)
+                for i in batch:
+                    _collect(board, i, tasks[i], images[i], opts)
+                if opts.stop_on_first_crash and any(board.rows[i]["status"] == "failed" for i in batch):
+                    for j in todo[todo.index(batch[-1]) + 1:]:
+                        board.set(j, "not_run", error="not run: --stop-on-first-crash after an earlier failure")
+                    break
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _subject_reports(board: Board, opts) -> None:
+    from l2s_pipelines.bids_app.report import write_subject_report
+
+    subjects: dict[str, list[str]] = {}
+    for r in board.rows:
+        errs = subjects.setdefault(r["subject"], [])
+        if r["status"] in ("failed", "not_run"):
+            errs.append(f"{Path(r['input']).name}: {r['error']}")
+    for subject, errors in subjects.items():
+        try:
+            write_subject_report(opts.output_dir, subject, errors=errors)
+        except Exception as exc:
+            LOG.error("sub-%s: subject report failed: %s", subject, exc)
+            for i, r in enumerate(board.rows):
+                if r["subject"] == subject and r["status"] == "ok":
+                    board.set(i, "failed", error=f"report: {type(exc).__name__}: {exc}")
+
+
+def _image_tasks(images, model_dir: Path, manifest: dict, opts) -> dict:
+    from l2s_pipelines.workflows.participant import init_single_image_wf
+
+    tuned = set(manifest.get("training", {}).get("tune_subjects", []) or [])
+    return {i: init_single_image_wf(
+        source=im.path, reference=im.reference, model_dir=str(model_dir), model_name=manifest.get("name", ""),
+        model_sha256=manifest["weights"]["sha256"], device=opts.device, save_probseg=opts.save_probseg,
+        seed=opts.random_seed, nthreads=opts.omp_nthreads,
+        used_for_tuning=f"sub-{im.subject}" in tuned or im.subject in tuned) for i, im in enumerate(images)}
+
+
+def run_participant(opts) -> int:
+    """The participant level (see the module docstring); returns the exit code."""
+    from l2s_pipelines.bids_app import derivatives as deriv
+    from l2s_pipelines.bids_app import queries
+    from l2s_pipelines.bids_app.options import check_paths
+    from l2s_pipelines.workflows.execution import clean_work_dir
+    from l2s_pipelines.workflows.participant import boilerplate
+
+    check_paths(opts)
+    model_dir, manifest = resolve_model(opts.model_dir)
+    layout = queries.load_layout(opts.bids_dir, validate=not opts.skip_bids_validation)
+    images = queries.collect_images(layout, suffix=opts.input_suffix, participants=opts.participant_label,
+                                    sessions=opts.session_label, filters=opts.bids_filters)
+    roots = queries.reference_roots(opts.bids_dir, opts.output_dir, opts.reference_derivatives)
+    images = queries.attach_references(images, roots, required=opts.reference_derivatives is not None)
+    LOG.info("%d image(s) selected, %d with a reference", len(images), sum(bool(im.reference) for im in images))
+    if opts.boilerplate_only:
+        text = boilerplate(manifest=manifest, suffix=opts.input_suffix)
+        _atomic_text(opts.logs_dir / "CITATION.md", text)
+        print(text)
+        return EXIT_OK
+    opts.output_dir.mkdir(parents=True, exist_ok=True)
+    deriv.write_dataset_description(opts.output_dir, bids_dir=opts.bids_dir, model_manifest=manifest)
+    deriv.write_bidsignore(opts.output_dir)
+    deriv.clean_stale_temporaries(opts.output_dir)
+    board = Board(images, opts.logs_dir)
+    try:
+        if opts.reports_only:
+            for i, im in enumerate(images):
+                complete = deriv.image_is_complete(opts.output_dir, im.entities)
+                board.set(i, "skipped" if complete else "failed", error="" if complete else "no outputs to report")
+        else:
+            clean_work_dir(opts.work_dir)
+            todo = []
+            for i, im in enumerate(images):
+                if deriv.image_is_complete(opts.output_dir, im.entities):
+                    board.set(i, "skipped", error="")
+                else:
+                    todo.append(i)
+            if todo:
+                _execute(board, todo, _image_tasks(images, model_dir, manifest, opts), images, opts)
+        _subject_reports(board, opts)
+    finally:
+        board.close()
+        board.write_summary()
+        board._write_status()
+    failed = sum(r["status"] in ("failed", "not_run") for r in board.rows)
+    LOG.info("done: %d ok, %d already complete, %d failed; summary in %s",
+             sum(r["status"] == "ok" for r in board.rows), sum(r["status"] == "skipped" for r in board.rows),
+             failed, opts.logs_dir / "run_summary.tsv")
+    if failed == 0:
+        return EXIT_OK
+    return EXIT_ALL_FAILED if failed == len(board.rows) else EXIT_SOME_FAILED

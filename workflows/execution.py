@@ -1,0 +1,124 @@
+"""Pydra execution: Submitter set-up per plugin, work-folder hygiene, per-job result lookup.
+
+Plugins: ``cf`` (local process pool, ``n_procs``), ``debug`` (serial, in-process), ``slurm``
+(``sbatch_args``), ``sge`` (``qsub_args``) and ``dask`` (the project's
+``l2s_pipelines.workflows.dask_worker.DaskWorker``, imported only when chosen). ``plugin_args``
+are passed to the worker as keyword arguments.
+
+Example
+-------
+>>> with make_submitter("cf", work_dir="work", nprocs=2) as sub:  # doctest: +SKIP
+...     result = sub(workflow_task)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from pathlib import Path
+
+LOG = logging.getLogger("l2s.execution")
+DASK_WORKER = "l2s_pipelines.workflows.dask_worker.DaskWorker"
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$")
+
+
+def worker_spec(plugin: str, plugin_args: dict | None = None, *, nprocs: int = 1):
+    """``(worker, kwargs)`` for :class:`pydra.engine.submitter.Submitter`.
+
+    ``nprocs`` is the default ``n_procs`` of the ``cf`` worker; ``plugin_args`` override it.
+    """
+    kwargs = dict(plugin_args or {})
+    if plugin == "cf":
+        kwargs.setdefault("n_procs", int(nprocs))
+        return "cf", kwargs
+    if plugin in ("debug", "slurm", "sge"):
+        return plugin, kwargs
+    if plugin == "dask":
+        module, _, name = DASK_WORKER.rpartition(".")
+        return getattr(importlib.import_module(module), name), kwargs
+    raise ValueError(f"unknown plugin {plugin!r}; choose cf, debug, slurm, sge or dask")
+
+
+def make_submitter(plugin: str, *, work_dir, nprocs: int = 1, plugin_args: dict | None = None):
+    """A Pydra ``Submitter`` caching under ``work_dir`` (created)."""
+    import pydra.engine.submitter as submitter_mod  # before pydra.workers.base (circular import)
+
+    worker, kwargs = worker_spec(plugin, plugin_args, nprocs=nprocs)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    return submitter_mod.Submitter(cache_root=Path(work_dir), worker=worker, **kwargs)
+
+
+def clean_work_dir(work_dir) -> dict[str, int]:
+    """Remove stale Pydra state left by a killed or failed run: ``*.lock`` files (a later run
+    would wait on them forever), ``_error.pklz`` and the ``_result.pklz`` next to it (the first
+    rerun would report the old error), and leftover ``*_info.json`` checksum files.
+
+    Only call this when no other run uses ``work_dir``. Returns counts per kind.
+    """
+    work = Path(work_dir)
+    counts = {"locks": 0, "errors": 0}
+    if not work.is_dir():
+        return counts
+    for lock in work.rglob("*.lock"):
+        lock.unlink(missing_ok=True)
+        counts["locks"] += 1
+    for err in work.rglob("_error.pklz"):
+        err.unlink(missing_ok=True)
+        (err.parent / "_result.pklz").unlink(missing_ok=True)
+        counts["errors"] += 1
+    for info in work.glob("*_info.json"):
+        info.unlink(missing_ok=True)
+    if any(counts.values()):
+        LOG.info("cleaned %d stale lock(s) and %d error record(s) under %s", counts["locks"], counts["errors"], work)
+    return counts
+
+
+def job_dir(task, work_dir) -> Path:
+    """Cache folder of a task whose inputs are all plain values (the same inside or outside a
+    workflow, since Pydra names folders by input checksum)."""
+    return Path(work_dir) / task._checksum
+
+
+def job_state(task, work_dir) -> str:
+    """``"done"``, ``"failed"``, ``"running"`` (lock held) or ``"pending"`` for ``task``."""
+    d = job_dir(task, work_dir)
+    if (d / "_error.pklz").exists():
+        return "failed"
+    if (d / "_result.pklz").exists():
+        return "done"
+    if d.with_suffix(".lock").exists():
+        return "running"
+    return "pending"
+
+
+def load_job_result(task, work_dir):
+    """The Pydra ``Result`` of ``task`` from its cache folder, or None when there is none."""
+    from pydra.engine.result import load_result
+
+    return load_result(task._checksum, [Path(work_dir)])
+
+
+def job_error(task, work_dir) -> str:
+    """One line describing why ``task`` failed: the innermost ``Error: message`` line of the
+    recorded traceback (e.g. ``InputError: /x/sub-01_T1w.nii.gz: 4D image ...``)."""
+    import cloudpickle as cp
+
+    path = job_dir(task, work_dir) / "_error.pklz"
+    try:
+        with open(path, "rb") as fh:
+            record = cp.load(fh)
+        message = record.get("error message", "")
+    except (OSError, EOFError, ValueError, AttributeError) as exc:
+        return f"failed (no readable error record at {path}: {exc})"
+    return summarise_error(message if isinstance(message, str) else "".join(message))
+
+
+def summarise_error(text: str) -> str:
+    """The most specific ``Type: message`` line of a (possibly nested) traceback text."""
+    best = ""
+    for line in text.splitlines():
+        m = _ERROR_LINE.match(line)
+        if m and not m.group(2).startswith("Workflow job"):
+            best = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    return best or (text.strip().splitlines() or ["unknown error"])[-1][:500]

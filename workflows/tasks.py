@@ -1,0 +1,202 @@
+"""Pydra python tasks of the participant workflow.
+
+Tasks take and return paths and plain values (never tensors: Pydra hashes unknown objects by
+``__dict__``). torch is imported inside the task functions only, so the main process never
+runs torch before the ``cf`` pool forks. Both tasks raise
+:class:`~l2s_pipelines.errors.InputError` naming the file and the problem on bad input.
+
+``SegmentImage`` writes the per-image result folder (``result/`` in its Pydra cache folder):
+``dseg.nii.gz`` (input grid and affine, int16 label values), optional ``probseg.nii.gz``
+(float32 ``(X, Y, Z, K)``), ``volumes.tsv``, ``dice.tsv`` (with a reference), ``qc.json``,
+``info.json`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+from pydra.compose import python
+from fileformats.generic import Directory
+
+#: Voxel-size ratio (largest / smallest) above which an image is logged as strongly anisotropic.
+ANISOTROPY_WARN = 4.0
+#: Tolerance (mm) when comparing the affines of an image and its reference label map.
+AFFINE_ATOL_MM = 1e-3
+
+
+def _load_nifti(path: str):
+    """Load a NIfTI and its voxel data (float32); InputError naming the file when unreadable."""
+    import nibabel as nib
+    import numpy as np
+
+    from l2s_pipelines.errors import InputError
+
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except Exception as exc:  # truncated gzip (EOFError), bad header (ImageFileError), zlib.error
+        raise InputError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
+    return img, data
+
+
+def check_image_data(path: str, img, data) -> list[str]:
+    """Validate one input image: 3D, finite, not constant. Returns warnings (strings); raises
+    InputError for unusable data. ``data`` is the voxel array, shape ``(X, Y, Z[, 1])``."""
+    import numpy as np
+
+    from l2s_pipelines.errors import InputError
+
+    shape = data.shape
+    if data.ndim == 4 and shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 4:
+        raise InputError(f"{path}: 4D image with {shape[3]} volumes; a single 3D volume is required")
+    if data.ndim != 3 or min(shape[:3]) < 2:
+        raise InputError(f"{path}: image of shape {shape} is {min(data.ndim, 2)}D; a 3D volume is required")
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise InputError(f"{path}: {bad} voxels are NaN or Inf")
+    if float(data.max()) == float(data.min()):
+        what = "all zero" if float(data.max()) == 0 else f"constant ({float(data.max())})"
+        raise InputError(f"{path}: image is {what}; nothing to segment")
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    warnings = []
+    if zooms.min() <= 0:
+        raise InputError(f"{path}: non-positive voxel size {tuple(zooms)} in the header")
+    if zooms.max() / zooms.min() > ANISOTROPY_WARN:
+        warnings.append(f"{path}: strongly anisotropic voxels {tuple(round(z, 3) for z in zooms)} mm; "
+                        "resampled to the model resolution, thin structures may be inaccurate")
+    return warnings
+
+
+def check_reference(ref_path: str, img, label_values) -> None:
+    """A reference label map must share the image's grid and hold only known label values
+    (``label_values`` or 255 = ignore). Raises InputError naming the reference file."""
+    import numpy as np
+
+    from l2s_pipelines.errors import InputError
+
+    ref, data = _load_nifti(ref_path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.shape != img.shape[:3] or not np.allclose(ref.affine, img.affine, atol=AFFINE_ATOL_MM):
+        raise InputError(f"{ref_path}: reference label map is on another grid (shape {data.shape}) "
+                         f"than its image (shape {img.shape[:3]}) or has another affine")
+    if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+        raise InputError(f"{ref_path}: reference label map holds non-integer values")
+    unknown = sorted(set(np.unique(data).astype(int).tolist()) - set(int(v) for v in label_values) - {255})
+    if unknown:
+        raise InputError(f"{ref_path}: reference holds labels unknown to the model: {unknown[:10]}")
+
+
+def _manifest_label_values(model_dir: str) -> list[int]:
+    from l2s_pipelines.io.checkpoint import read_manifest
+
+    labels = read_manifest(model_dir)["labels"]
+    if isinstance(labels, dict):
+        labels = labels.get("labels", labels)
+    if isinstance(labels, dict):
+        return [int(v) for v in labels["values"]]
+    return [int(lab["index"]) for lab in labels]
+
+
+@python.define(outputs=["source", "warnings"])
+def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str) -> tuple[str, list]:
+    """Load and check ``source`` (and ``reference`` when not empty) before segmentation.
+
+    ``fingerprint`` (size and mtime of the inputs) only enters the cache key. Returns the source
+    path unchanged and a list of warnings (strongly anisotropic voxels).
+    """
+    img, data = _load_nifti(source)
+    warnings = check_image_data(source, img, data)
+    if reference:
+        check_reference(reference, img, _manifest_label_values(model_dir))
+    return source, warnings
+
+
+def _peak_memory_mb(device: str) -> float:
+    """Peak resident memory of this worker process (MiB; on CUDA, plus the torch allocator's
+    peak). The worker process may have run earlier images: an upper bound for this image."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if device.startswith("cuda"):
+        import torch
+
+        peak += torch.cuda.max_memory_allocated() / 2**20
+    return round(peak, 1)
+
+
+def _write_json(path, obj) -> None:
+    import json
+
+    path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float) + "\n", encoding="utf-8")
+
+
+@python.define(outputs=["out_dir"])
+def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, model_sha256: str, device: str,
+                 save_probseg: bool, seed: int, nthreads: int, used_for_tuning: bool,
+                 warnings: list) -> Directory:
+    """Segment one image and write the per-image result folder (see the module docstring).
+
+    ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch (inference itself is
+    deterministic); ``model_sha256`` only enters the cache key, so a changed model reruns.
+    """
+    import math
+    import shutil
+    import time
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from l2s_pipelines import metrics
+    from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(nthreads)))
+    torch.manual_seed(int(seed))
+    out = Path.cwd() / "result"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    img, _ = _load_nifti(source)
+    segmenter = Segmenter.from_package(model_dir, device)
+    res = segmenter.segment(img, source_name=source)
+    table = res.label_table
+    dseg = np.asarray(res.dseg).astype(np.int16)
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.int16)
+    dseg_img = nib.Nifti1Image(dseg, img.affine, hdr)
+    dseg_img.header.set_slope_inter(1, 0)
+    nib.save(dseg_img, out / "dseg.nii.gz")
+    post = None if res.posteriors is None else np.asarray(res.posteriors, dtype=np.float32)
+    if save_probseg and post is not None:
+        phdr = img.header.copy()
+        phdr.set_data_dtype(np.float32)
+        pimg = nib.Nifti1Image(post, img.affine, phdr)
+        pimg.header.set_slope_inter(1, 0)
+        nib.save(pimg, out / "probseg.nii.gz")
+    vols = metrics.label_volumes(dseg, post, img.affine, table)
+    metrics.write_tsv(vols["rows"], out / "volumes.tsv", metrics.VOLUME_COLUMNS)
+    if reference:
+        ref = np.asarray(nib.load(reference).dataobj).reshape(dseg.shape).astype(np.int64)
+        rows = metrics.dice_scores(dseg, ref, table, 255, img.affine)
+        metrics.write_tsv(rows, out / "dice.tsv", metrics.DICE_COLUMNS)
+    flags = metrics.qc_flags(dseg, post, vols, table)
+    _write_json(out / "qc.json", {"flags": flags})
+    del post
+    plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures")
+    timings = {k: float(v) for k, v in dict(res.timings_s).items()}
+    info = {
+        "source": source, "reference": reference or None, "device": str(res.device),
+        "runtime_s": round(time.perf_counter() - t0, 3), "peak_memory_mb": _peak_memory_mb(str(res.device)),
+        "model_name": model_name,
+        "model_sha256": model_sha256, "seed": int(seed), "timings_s": timings,
+        "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
+        "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
+    }
+    _write_json(out / "info.json", info)
+    return Directory(out)

@@ -1,0 +1,244 @@
+"""Segment one NIfTI image with a model package; results on the input's native grid.
+
+Steps of :meth:`Segmenter.segment`: input checks; reorientation to RAS; resampling to the model's
+voxel size (``manifest.preprocessing.voxel_size_mm``, linear); percentile intensity
+normalisation exactly as at training (:func:`~l2s_pipelines.io.preprocess.normalise_intensity`);
+crop to the bounding box of non-zero normalised intensity (plus a margin); prediction (2D slices,
+2.5D = mean of softmax over planes, 3D sliding window); model-space posteriors mapped back to
+the native grid (:mod:`.resample`), renormalised, argmax -> label values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from l2s_pipelines.errors import InputError, ModelError
+from l2s_pipelines.inference.resample import native_slabs
+from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window
+from l2s_pipelines.io.checkpoint import load_model_package
+from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
+from l2s_pipelines.labels import LabelTable
+
+MODES = {"2d": 2, "2.5d": 2, "3d": 3}
+
+
+def cpu_allocation() -> int:
+    """CPUs allotted to this job: ``SLURM_CPUS_PER_TASK`` if set, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> first CUDA device if available, else CPU; a requested CUDA device that does
+    not exist raises :class:`InputError` saying what is available."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {device!r}: not a device name (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise InputError(f"device {device!r} requested but {n} CUDA device(s) are available "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise InputError(f"device {device!r}: unsupported (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :meth:`Segmenter.segment`, on the input's native grid.
+
+    dseg : (X, Y, Z) int16 label values. posteriors : (X, Y, Z, K) float32 in label-table order,
+    summing to 1 over K (None if not requested). affine : the input's affine, unchanged.
+    timings_s : seconds per stage (checks, preprocess, predict, to_native, total).
+    """
+
+    dseg: np.ndarray
+    posteriors: np.ndarray | None
+    label_table: LabelTable
+    affine: np.ndarray
+    timings_s: dict = field(default_factory=dict)
+    device: str = "cpu"
+    header: nib.Nifti1Header | None = None
+
+    def _image(self, data: np.ndarray, dtype) -> nib.Nifti1Image:
+        hdr = self.header.copy() if self.header is not None else None
+        img = nib.Nifti1Image(data.astype(dtype, copy=False), self.affine, header=hdr)
+        img.set_data_dtype(dtype)
+        img.header.set_slope_inter(1.0, 0.0)
+        img.header["cal_min"], img.header["cal_max"] = 0, 0
+        return img
+
+    def dseg_image(self) -> nib.Nifti1Image:
+        """``dseg`` as an int16 NIfTI with the input's affine and header geometry."""
+        return self._image(self.dseg, np.int16)
+
+    def probseg_image(self) -> nib.Nifti1Image:
+        """``posteriors`` as a float32 4D NIfTI ``(X, Y, Z, K)``."""
+        if self.posteriors is None:
+            raise ValueError("posteriors were not requested (return_posteriors=False)")
+        return self._image(self.posteriors, np.float32)
+
+
+def _check_input(img, name: str) -> np.ndarray:
+    """Input image -> float32 (X, Y, Z) array, or InputError naming ``name``."""
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise InputError(f"{name}: expected a NIfTI image, got {type(img).__name__}")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"{name}: expected a 3D image (or 4D with one volume), got shape {img.shape}")
+    if min(shape) < 1:
+        raise InputError(f"{name}: empty image of shape {img.shape}")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        raise InputError(f"{name}: the affine is not invertible or not finite")
+    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(f"{name}: contains {bad} NaN or infinite voxel values")
+    lo, hi = float(data.min()), float(data.max())
+    if hi == lo:
+        what = "all zero" if hi == 0 else f"constant (every voxel = {hi:g})"
+        raise InputError(f"{name}: image is {what}; nothing to segment")
+    return data
+
+
+class Segmenter:
+    """A loaded model package ready to segment images.
+
+    Parameters
+    ----------
+    model : UNet in eval mode on ``device``; manifest : the package manifest.
+    device : torch.device.
+    activation_budget_bytes : bound on network activations (batch size in 2D, patch in 3D
+        when the manifest has no ``inference.patch_size``).
+    max_buffer_bytes : model-space posteriors are kept in float32 below this size, float16 above.
+    crop_margin_vox : margin around the non-zero bounding box, in model voxels.
+    """
+
+    def __init__(self, model, manifest: dict, device: torch.device, *,
+                 activation_budget_bytes: int = 1 << 30, max_buffer_bytes: int = 1 << 30,
+                 crop_margin_vox: int = 8):
+        self.model, self.manifest, self.device = model, manifest, device
+        self.labels = LabelTable.from_dict(manifest["labels"])
+        inf = manifest.get("inference", {})
+        self.mode = inf.get("mode", "2d").lower()
+        if self.mode not in MODES or MODES[self.mode] != model.config.ndim:
+            raise ModelError(f"model {manifest.get('name')!r}: inference mode {self.mode!r} does not "
+                             f"fit a {model.config.ndim}D network")
+        self.planes = list(inf.get("planes") or ["axial"])
+        if self.mode == "2d":
+            self.planes = self.planes[:1]
+        self.patch_size = inf.get("patch_size") if self.mode == "3d" else None
+        self.overlap = float(inf.get("overlap", 0.5))
+        self.blending = inf.get("blending", "gaussian")
+        pre = manifest["preprocessing"]
+        self.voxel_size = tuple(float(v) for v in np.broadcast_to(pre.get("voxel_size_mm", 1.0), (3,)))
+        self.percentiles = tuple(pre.get("percentiles", (1, 99)))
+        self.activation_budget_bytes = activation_budget_bytes
+        self.max_buffer_bytes = max_buffer_bytes
+        self.crop_margin_vox = crop_margin_vox
+        self._values = torch.tensor(self.labels.values, dtype=torch.int16)
+
+    @classmethod
+    def from_package(cls, path, device: str = "auto", *, threads: int | None = None, **kwargs) -> "Segmenter":
+        """Load a model package (see :func:`load_model_package`) onto ``device``
+        (``auto``, ``cpu``, ``cuda``, ``cuda:N``). On CPU, torch uses ``threads`` threads, by
+        default no more than the job's CPU allocation (:func:`cpu_allocation`)."""
+        dev = resolve_device(device)
+        if dev.type == "cpu":
+            n = threads or min(torch.get_num_threads(), cpu_allocation())
+            torch.set_num_threads(max(1, n))
+        model, manifest = load_model_package(path, device=dev)
+        return cls(model, manifest, dev, **kwargs)
+
+    def _model_space(self, data: np.ndarray, affine: np.ndarray):
+        """Native array -> (normalised RAS model-grid tensor on device, model affine)."""
+        ras = reorient_to_ras(nib.Nifti1Image(data, affine))
+        vol, model_affine = resample_to_voxel_size(np.asarray(ras.dataobj, dtype=np.float32), ras.affine,
+                                                   self.voxel_size, order=1)
+        vol = torch.from_numpy(np.ascontiguousarray(vol)).to(self.device)
+        return normalise_intensity(vol, self.percentiles), model_affine
+
+    def _crop_box(self, vol: torch.Tensor) -> tuple[slice, ...]:
+        nz = torch.nonzero(vol > 0)
+        lo = (nz.amin(0) - self.crop_margin_vox).clamp(min=0).tolist()
+        hi = (nz.amax(0) + 1 + self.crop_margin_vox).tolist()
+        return tuple(slice(a, min(b, n)) for a, b, n in zip(lo, hi, vol.shape))
+
+    def predict_model_space(self, vol: torch.Tensor) -> torch.Tensor:
+        """Posteriors ``(K, *vol.shape)`` on the model grid for a normalised volume; voxels
+        outside the non-zero bounding box (+ margin) are background with probability 1."""
+        k = len(self.labels)
+        big = k * vol.numel() * 4 > self.max_buffer_bytes
+        post = torch.zeros((k, *vol.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
+        post[0] = 1
+        box = self._crop_box(vol)
+        view, sub = post[(slice(None),) + box], vol[box]
+        if self.mode == "3d":
+            predict_sliding_window(self.model, sub, view, patch_size=self.patch_size, overlap=self.overlap,
+                                   blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
+        else:
+            predict_planes(self.model, sub, view, self.planes,
+                           activation_budget_bytes=self.activation_budget_bytes)
+        return post
+
+    @torch.no_grad()
+    def segment(self, img: nib.Nifti1Image, *, return_posteriors: bool = True,
+                source_name: str | None = None) -> SegmentationResult:
+        """Segment ``img`` (3D, or 4D with one volume); see the module docstring for the steps.
+
+        ``source_name`` (default: the image's file name) is used in error messages.
+        Returns a :class:`SegmentationResult` on the input's grid with the input's affine.
+        """
+        name = source_name or (img.get_filename() if hasattr(img, "get_filename") else None) or "<image>"
+        t = {}
+        t0 = time.perf_counter()
+        data = _check_input(img, name)
+        native_affine = np.array(img.affine, dtype=np.float64)
+        t["checks"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        vol, model_affine = self._model_space(data, native_affine)
+        del data
+        if not bool((vol > 0).any()):
+            raise InputError(f"{name}: intensity percentiles {self.percentiles} are equal (almost "
+                             "every voxel has the same value); nothing to segment")
+        t["preprocess"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        post = self.predict_model_space(vol)
+        del vol
+        self._sync()
+        t["predict"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        shape = img.shape[:3]
+        dseg = np.empty(shape, dtype=np.int16)
+        posteriors = np.empty((*shape, len(self.labels)), dtype=np.float32) if return_posteriors else None
+        values = self._values.to(self.device)
+        for x0, x1, probs in native_slabs(post, model_affine, shape, native_affine):
+            dseg[x0:x1] = values[probs.argmax(0)].cpu().numpy()
+            if posteriors is not None:
+                posteriors[x0:x1] = probs.permute(1, 2, 3, 0).cpu().numpy()
+        t["to_native"] = time.perf_counter() - t1
+        t["total"] = time.perf_counter() - t0
+        return SegmentationResult(dseg=dseg, posteriors=posteriors, label_table=self.labels,
+                                  affine=np.array(img.affine), timings_s=t, device=str(self.device),
+                                  header=img.header if isinstance(img, nib.Nifti1Image) else None)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _both(name: str) -> list[str]:
     """``--a-b`` plus ``--a_b`` spellings of an option."""
-    dash, under = name.replace("_", "-"), name.replace("-", "_")
+    body = name.lstrip("-")
+    dash, under = "--" + body.replace("_", "-"), "--" + body.replace("-", "_")
     return [dash] if dash == under else [dash, under]
 
 

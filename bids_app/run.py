@@ -29,6 +29,8 @@ LOG = logging.getLogger("l2s.run")
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 2, 3, 4
 SUMMARY_COLUMNS = ("subject", "session", "input", "status", "error", "runtime_s", "peak_memory_mb", "device")
 POLL_S = 0.5
+#: States that count as "this image's job is over" for the progress display.
+_COUNTED = ("finishing", "ok", "failed", "skipped", "not_run")
 
 
 def run(opts) -> int:
@@ -71,7 +73,7 @@ class Board:
                       "error": "", "runtime_s": "", "peak_memory_mb": "", "device": ""} for im in images]
         self.logs_dir, self.started, self._lock = logs_dir, _utcnow(), threading.Lock()
         self._t0 = [None] * len(self.rows)
-        self._bar = None
+        self._bar, self._counted = None, set()
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -86,18 +88,18 @@ class Board:
                 self._t0[i] = time.monotonic()
             if status in ("ok", "failed") and not row.get("runtime_s") and self._t0[i] is not None:
                 row["runtime_s"] = round(time.monotonic() - self._t0[i], 1)
-            was_final = row["status"] in ("ok", "failed", "skipped")
             row.update(status=status, **fields)
-            final = status in ("ok", "failed", "skipped")
             label = f"sub-{row['subject']}" + (f" ses-{row['session']}" if row["session"] else "")
-            if final and not was_final:
-                done = sum(r["status"] in ("ok", "failed", "skipped") for r in self.rows)
+            if status in _COUNTED and i not in self._counted:
+                self._counted.add(i)
                 if self._bar is not None:
                     self._bar.update(1)
                     self._bar.set_postfix_str(f"{label}: {status}")
                 else:
-                    LOG.info("[%d/%d] %s %s: %s%s", done, len(self.rows), label, Path(row["input"]).name,
-                             status, f" ({row['error']})" if row["error"] else "")
+                    LOG.info("[%d/%d] %s %s: %s", len(self._counted), len(self.rows), label,
+                             Path(row["input"]).name, status)
+            if status in ("failed", "not_run") and row["error"]:
+                LOG.warning("%s %s: %s", label, Path(row["input"]).name, row["error"])
             self._write_status()
 
     def _write_status(self) -> None:

@@ -163,7 +163,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         shutil.rmtree(out)
     out.mkdir()
     img, _ = _load_nifti(source)
-    segmenter = Segmenter.from_package(model_dir, device)
+    segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)))
     res = segmenter.segment(img, source_name=source)
     table = res.label_table
     dseg = np.asarray(res.dseg).astype(np.int16)

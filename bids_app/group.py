@@ -1,0 +1,252 @@
+"""Group level: wide tables, distributions and outliers, from the derivatives alone.
+
+Outputs in ``OUTPUT_DIR`` (all listed in ``.bidsignore``):
+
+- ``group_volumes.tsv`` / ``group_volumes_soft.tsv``: one row per image, one column per label
+  (hard / soft volume in mm^3), plus ``tiv_mm3`` and ``tiv_method``;
+- ``group_dice.tsv``: one row per image with a reference, one column per label, ``mean_dice`` and
+  ``used_for_tuning``;
+- ``group_qc.tsv``: one row per image, one column per QC measure (value) and ``<name>_flagged``;
+- ``group_outliers.tsv``: image, label, volume as % of TIV, robust z-score (|z| > 3);
+- ``figures/group_volumes.png``, ``figures/group_dice.png`` and ``group.html``.
+
+Robust z-score of label ``l`` for image ``i``: ``0.6745 * (v_il - median_l) / MAD_l`` with
+``v = volume_hard / TIV``; labels with ``MAD = 0`` (or fewer than 3 images) get no z-score.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from l2s_pipelines.bids_app import html as H  # noqa: E402
+from l2s_pipelines.bids_app.derivatives import atomic_write_text, write_bidsignore  # noqa: E402
+from l2s_pipelines.bids_app.report import ImageDerivatives, collect_images, write_subject_report  # noqa: E402
+from l2s_pipelines.errors import InputError  # noqa: E402
+
+LOGGER = logging.getLogger("l2s_pipelines.group")
+OUTLIER_Z = 3.0
+EXIT_BAD_INPUT = 2
+
+
+def _ids(img: ImageDerivatives) -> dict:
+    return {"image": img.name, "participant_id": f"sub-{img.subject}",
+            "session_id": f"ses-{img.entities['ses']}" if "ses" in img.entities else "n/a"}
+
+
+def _wide(images: list[ImageDerivatives], frame_of, column: str) -> pd.DataFrame:
+    """One row per image, one column per label name (label-table order) of ``frame[column]``."""
+    rows, order = [], {}
+    for img in images:
+        frame = frame_of(img)
+        if frame is None:
+            continue
+        row = _ids(img)
+        for rec in frame.itertuples(index=False):
+            if int(rec.index) == 0:
+                continue
+            order.setdefault(rec.name, int(rec.index))
+            row[rec.name] = getattr(rec, column)
+        rows.append(row)
+    columns = sorted(order, key=order.get)
+    return pd.DataFrame(rows, columns=["image", "participant_id", "session_id"] + columns)
+
+
+def volume_tables(images: list[ImageDerivatives]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wide hard and soft volume tables (mm^3) with TIV columns after the identifiers."""
+    tiv = [(img.sidecar.get("TotalIntracranialVolume") or {}) for img in images]
+    out = []
+    for column in ("volume_hard_mm3", "volume_soft_mm3"):
+        table = _wide(images, lambda i: i.volumes, column)
+        table.insert(3, "tiv_mm3", [t.get("Value") for t in tiv])
+        table.insert(4, "tiv_method", [t.get("Method") for t in tiv])
+        out.append(table)
+    return out[0], out[1]
+
+
+def dice_table(images: list[ImageDerivatives]) -> pd.DataFrame:
+    """Wide Dice table for the images that have a reference, with ``used_for_tuning``."""
+    with_ref = [i for i in images if i.dice is not None]
+    table = _wide(with_ref, lambda i: i.dice, "dice")
+    labels = table.columns[3:]
+    table.insert(3, "used_for_tuning", [bool(i.sidecar.get("UsedForTuning")) for i in with_ref])
+    table.insert(4, "mean_dice", table[labels].astype(float).mean(axis=1, skipna=True) if len(labels) else [])
+    return table
+
+
+def qc_table(images: list[ImageDerivatives]) -> pd.DataFrame:
+    """One row per image: ``n_flagged`` then each QC measure's value and ``<name>_flagged``."""
+    rows = []
+    for img in images:
+        row = _ids(img)
+        flagged = [str(v).strip().lower() in ("true", "1") for v in img.qc["flagged"]]
+        row["n_flagged"] = int(sum(flagged))
+        for rec, flag in zip(img.qc.itertuples(index=False), flagged):
+            row[rec.name] = rec.value
+            row[f"{rec.name}_flagged"] = flag
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def robust_z(relative: pd.DataFrame) -> pd.DataFrame:
+    """Robust z-scores per column: ``0.6745 (x - median) / MAD`` (NaN where MAD is 0 or n < 3)."""
+    median = relative.median(axis=0, skipna=True)
+    mad = (relative - median).abs().median(axis=0, skipna=True)
+    z = 0.6745 * (relative - median) / mad.replace(0, np.nan)
+    if len(relative) < 3:
+        z[:] = np.nan
+    return z
+
+
+def outliers(hard: pd.DataFrame) -> pd.DataFrame:
+    """Rows (image, participant_id, label, percent_tiv, robust_z) with ``|z| > OUTLIER_Z``."""
+    labels = list(hard.columns[5:])
+    tiv = pd.to_numeric(hard["tiv_mm3"], errors="coerce")
+    relative = hard[labels].apply(pd.to_numeric, errors="coerce").div(tiv, axis=0) * 100.0
+    z = robust_z(relative)
+    found = []
+    for i, j in zip(*np.nonzero((z.abs() > OUTLIER_Z).to_numpy())):
+        found.append({"image": hard["image"].iat[i], "participant_id": hard["participant_id"].iat[i],
+                      "label": labels[j], "percent_tiv": relative.iat[i, j], "robust_z": z.iat[i, j]})
+    return pd.DataFrame(found, columns=["image", "participant_id", "label", "percent_tiv", "robust_z"])
+
+
+def _panels(values: pd.DataFrame, labels: list[str], path: Path, unit: str,
+            z: pd.DataFrame | None = None) -> Path | None:
+    """Small multiples, one panel per label (own scale): box plot with the images as points.
+
+    Points with ``|z| > OUTLIER_Z`` are drawn in red. Labels without any value are left out.
+    """
+    keep = [c for c in labels if pd.to_numeric(values[c], errors="coerce").notna().any()]
+    if not keep:
+        return None
+    ncol = 4
+    nrow = int(np.ceil(len(keep) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(11, 1.05 * nrow + 0.4), dpi=90, squeeze=False)
+    rng = np.random.default_rng(0)  # fixed jitter: reruns give identical figures
+    for ax, label in zip(axes.flat, keep):
+        col = pd.to_numeric(values[label], errors="coerce")
+        ok = col.notna().to_numpy()
+        data = col.to_numpy()[ok]
+        ax.boxplot(data, vert=False, widths=0.5, showfliers=False)
+        out = (z[label].abs() > OUTLIER_Z).to_numpy()[ok] if z is not None else np.zeros(data.size, bool)
+        jitter = 1 + rng.uniform(-0.18, 0.18, data.size)
+        ax.plot(data[~out], jitter[~out], "o", ms=3, alpha=0.6, color="#1f5fa8")
+        ax.plot(data[out], jitter[out], "o", ms=4, color="#c62828")
+        ax.set_title(label, fontsize=8, pad=2)
+        ax.set_yticks([])
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(keep):]:
+        ax.axis("off")
+    fig.supxlabel(unit, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _image_link(name: str, participant: str) -> str:
+    anchor = "".join(c for c in name if c.isalnum() or c in "_-")
+    return f'<a href="{H.esc(participant)}.html#{H.esc(anchor)}">{H.esc(name)}</a>'
+
+
+def _group_html(output_dir: Path, hard, dice, qc, found, figures: dict) -> str:
+    rows = [[_image_link(r.image, r.participant_id), r.session_id, H.fmt(r.tiv_mm3),
+             int(qc.loc[qc["image"] == r.image, "n_flagged"].iat[0]),
+             int((found["image"] == r.image).sum())] for r in hard.itertuples(index=False)]
+    body = ["<section><h2>Images</h2>", H.table(["Image", "Session", "TIV (mm³)", "QC flags",
+                                                 "Volume outliers"], rows, raw_columns=(0,)), "</section>"]
+    body.append(f"<section><h2>Outliers (|robust z| &gt; {OUTLIER_Z:g}, volume as % of TIV)</h2>")
+    if found.empty:
+        body.append("<p>No outliers" + (" (fewer than 3 images: no z-scores)." if len(hard) < 3 else ".")
+                    + "</p>")
+    else:
+        body.append(H.table(["Image", "Label", "% of TIV", "Robust z"], [
+            [_image_link(r.image, r.participant_id), r.label, H.fmt(r.percent_tiv, 3),
+             H.fmt(r.robust_z, 2)] for r in found.itertuples(index=False)], raw_columns=(0,),
+            text_columns=(0, 1)))
+    body.append("</section>")
+    for key, title in (("volumes", "Volume distributions (% of TIV)"), ("dice", "Dice distributions")):
+        if figures.get(key):
+            rel = figures[key].relative_to(output_dir).as_posix()
+            body.append(f'<section><h2>{title}</h2><img class="mosaic" src="{H.esc(rel)}" '
+                        f'alt="{H.esc(title)}"></section>')
+    if not dice.empty:
+        tuned = dice[dice["used_for_tuning"]]["image"].tolist()
+        note = (f'<div class="callout">Used to tune the model (not held out): {H.esc(", ".join(tuned))}'
+                "</div>" if tuned else "<p>No image with a reference was used to tune the model.</p>")
+        rows = [[_image_link(r.image, r.participant_id), "yes" if r.used_for_tuning else "no",
+                 H.fmt(r.mean_dice, 3)] for r in dice.itertuples(index=False)]
+        body.append("<section><h2>Dice against reference labels</h2>" + note +
+                    H.table(["Image", "Used for tuning", "Mean Dice"], rows, raw_columns=(0,)) + "</section>")
+    body.append("<section><h2>Tables</h2><ul>" + "".join(
+        f'<li><a href="{n}">{n}</a></li>' for n in ("group_volumes.tsv", "group_volumes_soft.tsv",
+                                                    "group_dice.tsv", "group_qc.tsv", "group_outliers.tsv")
+        if (output_dir / n).exists()) + "</ul></section>")
+    return H.page("Group report", f"{len(hard)} image(s) from {hard['participant_id'].nunique()} "
+                  "participant(s)", "".join(body))
+
+
+def _write_tsv(frame: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))
+
+
+def build_group(output_dir, participants=None) -> dict[str, Path]:
+    """Write every group output; raise :class:`InputError` when there are no derivatives."""
+    output_dir = Path(output_dir)
+    images = collect_images(output_dir)
+    if participants:
+        wanted = {p[4:] if p.startswith("sub-") else p for p in participants}
+        images = [i for i in images if i.subject in wanted]
+    if not images:
+        raise InputError(f"{output_dir}: no finished segmentations (*_dseg.json) found; "
+                         "run the participant level first")
+    hard, soft = volume_tables(images)
+    dice, qc = dice_table(images), qc_table(images)
+    found = outliers(hard)
+    written = {"volumes": _write_tsv(hard, output_dir / "group_volumes.tsv"),
+               "volumes_soft": _write_tsv(soft, output_dir / "group_volumes_soft.tsv"),
+               "qc": _write_tsv(qc, output_dir / "group_qc.tsv"),
+               "outliers": _write_tsv(found, output_dir / "group_outliers.tsv")}
+    if not dice.empty:
+        written["dice"] = _write_tsv(dice, output_dir / "group_dice.tsv")
+    labels = list(hard.columns[5:])
+    relative = hard[labels].apply(pd.to_numeric, errors="coerce").div(
+        pd.to_numeric(hard["tiv_mm3"], errors="coerce"), axis=0) * 100.0
+    figures = {"volumes": _panels(relative, labels, output_dir / "figures" / "group_volumes.png",
+                                  "volume (% of TIV); red: |robust z| > 3", z=robust_z(relative)),
+               "dice": _panels(dice, list(dice.columns[5:]), output_dir / "figures" / "group_dice.png",
+                               "Dice") if not dice.empty else None}
+    written.update({f"figure_{k}": v for k, v in figures.items() if v})
+    for participant in sorted({i.subject for i in images}):
+        if not (output_dir / f"sub-{participant}.html").exists():
+            write_subject_report(output_dir, participant)
+    written["html"] = atomic_write_text(output_dir / "group.html",
+                                        _group_html(output_dir, hard, dice, qc, found, figures))
+    write_bidsignore(output_dir)
+    return written
+
+
+def run_group(output_dir, options=None) -> int:
+    """Group level entry point: 0 on success, 2 when no derivatives are found (message on stderr).
+
+    ``options`` may carry ``participant_label`` (a list) to restrict the group to some subjects.
+    """
+    participants = getattr(options, "participant_label", None) if options is not None else None
+    try:
+        written = build_group(output_dir, participants)
+    except InputError as exc:
+        LOGGER.error("%s", exc)
+        print(f"l2s-bids group: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    LOGGER.info("group report: %s", written["html"])
+    return 0

@@ -1,0 +1,219 @@
+"""Per-subject HTML report, built from the derivatives on disk only.
+
+Because the report reads nothing but the output folder, ``--reports-only`` and the group level
+work on any finished output, and reruns regenerate it from what is actually there.
+
+Example
+-------
+>>> write_subject_report("out", "01")  # doctest: +SKIP
+PosixPath('out/sub-01.html')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from l2s_pipelines.bids_app import html as H
+from l2s_pipelines.bids_app.derivatives import TABLES, atomic_write_text, quote_path
+from l2s_pipelines.errors import InputError
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+@dataclass
+class ImageDerivatives:
+    """What the output folder holds for one segmented image (tables as DataFrames)."""
+
+    prefix: Path                      # .../anat/sub-X[_ses-Y]... without suffix
+    entities: dict[str, str]          # short key -> label, e.g. {"sub": "01", "ses": "a"}
+    sidecar: dict                     # the _dseg.json
+    volumes: pd.DataFrame             # index, name, volume_hard_mm3, volume_soft_mm3
+    lut: pd.DataFrame                 # the _dseg.tsv (index, name, abbreviation, color)
+    qc: pd.DataFrame                  # name, value, threshold, flagged, description
+    dice: pd.DataFrame | None = None  # index, name, dice, volume_*_mm3, volume_diff_pct
+    figures: dict[str, Path] = field(default_factory=dict)  # plane -> png path
+
+    @property
+    def name(self) -> str:
+        return self.prefix.name
+
+    @property
+    def subject(self) -> str:
+        return self.entities["sub"]
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
+    except Exception as exc:  # pandas raises several types for malformed tables
+        raise InputError(f"{path}: unreadable table ({exc})") from exc
+
+
+def _with(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+def parse_entities(name: str) -> dict[str, str]:
+    """``"sub-01_ses-a_run-2"`` -> ``{"sub": "01", "ses": "a", "run": "2"}``."""
+    return dict(part.split("-", 1) for part in name.split("_") if "-" in part)
+
+
+def collect_images(output_dir, subject: str | None = None) -> list[ImageDerivatives]:
+    """All complete segmented images under ``output_dir`` (one subject, or all), sorted by name.
+
+    An image counts when its ``_dseg.json`` completion marker exists; a missing table is an
+    :class:`InputError` naming the file.
+    """
+    output_dir = Path(output_dir)
+    pattern = f"sub-{subject}" if subject else "sub-*"
+    images = []
+    for sidecar_path in sorted(output_dir.glob(f"{pattern}/**/anat/*_dseg.json")):
+        prefix = sidecar_path.with_name(sidecar_path.name[: -len("_dseg.json")])
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{sidecar_path}: unreadable sidecar ({exc})") from exc
+        dice_path = _with(prefix, TABLES["dice"])
+        fig_dir = output_dir / f"sub-{parse_entities(prefix.name)['sub']}" / "figures"
+        figures = {p: fig_dir / f"{prefix.name}_desc-{p}_dseg.png" for p in PLANES}
+        images.append(ImageDerivatives(
+            prefix=prefix, entities=parse_entities(prefix.name), sidecar=sidecar,
+            volumes=_read_tsv(_with(prefix, TABLES["volumes"])), lut=_read_tsv(_with(prefix, "_dseg.tsv")),
+            qc=_read_tsv(_with(prefix, TABLES["qc"])),
+            dice=_read_tsv(dice_path) if dice_path.is_file() else None,
+            figures={p: f for p, f in figures.items() if f.is_file()}))
+    return images
+
+
+def _is_true(value) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _volumes_section(img: ImageDerivatives) -> str:
+    colors = dict(zip(img.lut["index"], img.lut["color"]))
+    tiv = img.sidecar.get("TotalIntracranialVolume") or {}
+    tiv_value = tiv.get("Value")
+    rows = []
+    for rec in img.volumes.itertuples(index=False):
+        if int(rec.index) == 0:
+            continue
+        share = 100.0 * rec.volume_hard_mm3 / tiv_value if tiv_value else None
+        rows.append([H.swatch(colors.get(rec.index, "#808080")) + H.esc(rec.name), rec.index,
+                     H.fmt(rec.volume_hard_mm3), H.fmt(rec.volume_soft_mm3), H.fmt(share, 2)])
+    tiv_line = (f"<p>Total intracranial volume: <strong>{H.fmt(tiv_value)} mm<sup>3</sup></strong>"
+                f" (method: {H.esc(tiv.get('Method') or 'not stated')}).</p>")
+    return ("<h3>Volumes</h3>" + tiv_line + '<div class="scroll">' + H.table(
+        ["Label", "Value", "Hard (mm³)", "Soft (mm³)", "% of TIV"], rows, raw_columns=(0,)) + "</div>")
+
+
+def _dice_section(img: ImageDerivatives) -> str:
+    if img.dice is None:
+        return "<h3>Dice</h3><p>No reference labels were found for this image.</p>"
+    tuned = bool(img.sidecar.get("UsedForTuning"))
+    note = ('<div class="callout"><strong>Used to tune the model.</strong> This subject was one of '
+            "the labelled real scans of Learn2Synth training: its Dice scores are not held-out "
+            "estimates.</div>" if tuned else "")
+    rows = [[r.name, r.index, H.fmt(r.dice, 3), H.fmt(r.volume_pred_mm3), H.fmt(r.volume_ref_mm3),
+             H.fmt(r.volume_diff_pct, 1)] for r in img.dice.itertuples(index=False)]
+    mean = img.dice["dice"].mean(skipna=True)
+    ref = img.sidecar.get("Reference")
+    return ("<h3>Dice against reference labels " + (H.badge("tuning subject", "warn") if tuned else
+            H.badge("held out", "ok")) + "</h3>" + note +
+            f"<p>Reference: <code>{H.esc(ref or 'n/a')}</code>. Mean Dice over labels: "
+            f"<strong>{H.fmt(mean, 3)}</strong>.</p>" + '<div class="scroll">' +
+            H.table(["Label", "Value", "Dice", "Predicted (mm³)", "Reference (mm³)", "Difference (%)"],
+                    rows) + "</div>")
+
+
+def _qc_section(img: ImageDerivatives) -> str:
+    if img.qc.empty:
+        return "<h3>QC flags</h3><p>No QC measures recorded.</p>"
+    flagged = [_is_true(v) for v in img.qc["flagged"]]
+    rows = [[r.name, H.fmt(r.value, 3), r.threshold,
+             H.badge("flagged", "bad") if f else H.badge("ok", "ok"), r.description]
+            for r, f in zip(img.qc.itertuples(index=False), flagged)]
+    summary = (f"<p>{sum(flagged)} of {len(flagged)} checks flagged. Flags ask for a visual check;"
+               " they do not exclude the image.</p>")
+    return "<h3>QC flags</h3>" + summary + H.table(
+        ["Check", "Value", "Threshold", "Status", "Description"], rows, text_columns=(0, 2, 4),
+        raw_columns=(3,), row_classes=["flagged" if f else "" for f in flagged])
+
+
+def _figures_section(img: ImageDerivatives, output_dir: Path) -> str:
+    if not img.figures:
+        return "<p>No figures were found for this image.</p>"
+    parts = []
+    for plane, path in img.figures.items():
+        rel = quote_path(path.relative_to(output_dir))
+        parts.append(f'<h3>{plane.capitalize()}</h3><img class="mosaic" src="{rel}" '
+                     f'alt="{H.esc(plane)} slices of {H.esc(img.name)} with label overlay">')
+    return "".join(parts)
+
+
+def image_section(img: ImageDerivatives, output_dir: Path) -> str:
+    """The report block for one image (figures, volumes, Dice, QC, run facts)."""
+    side = img.sidecar
+    model = side.get("Model") or {}
+    facts = H.table(["Item", "Value"], [
+        ["Source", ", ".join(side.get("Sources", []))], ["Model", model.get("Name")],
+        ["Model sha256", model.get("SHA256")], ["Device", side.get("Device")],
+        ["Random seed", side.get("RandomSeed")], ["Runtime (s)", H.fmt(side.get("RuntimeSeconds"), 1)],
+        ["Peak memory (MB)", H.fmt(side.get("PeakMemoryMB"), 0)]], text_columns=(0, 1))
+    anchor = re.sub(r"[^A-Za-z0-9_-]", "", img.name)
+    return (f'<section id="{anchor}"><h2>{H.esc(img.name)}</h2>' + _figures_section(img, output_dir)
+            + facts + _volumes_section(img) + _dice_section(img) + _qc_section(img) + "</section>")
+
+
+def _errors_section(errors) -> str:
+    if not errors:
+        return "<section><h2>Errors</h2><p>No errors were reported.</p></section>"
+    items = []
+    for err in errors:
+        if isinstance(err, dict):
+            where = err.get("input") or err.get("image") or err.get("source") or ""
+            text = f"{where}: {err.get('error', '')}" if where else str(err.get("error", err))
+        else:
+            text = str(err)
+        items.append(f'<div class="error">{H.esc(text)}</div>')
+    return f"<section><h2>Errors ({len(items)})</h2>{''.join(items)}</section>"
+
+
+def write_subject_report(output_dir, subject: str, *, errors=()) -> Path:
+    """Write ``OUTPUT_DIR/sub-<subject>.html`` from the subject's derivatives.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Derivatives root.
+    subject : str
+        Label with or without ``sub-``.
+    errors : iterable of str or dict
+        Failures to list (dicts with ``input``/``image`` and ``error`` keys, as in the run summary).
+
+    Returns
+    -------
+    Path of the HTML file. A subject with errors but no finished image still gets a report.
+    """
+    output_dir = Path(output_dir)
+    subject = subject[4:] if subject.startswith("sub-") else subject
+    images = collect_images(output_dir, subject)
+    errors = list(errors)
+    if not images and not errors:
+        raise InputError(f"{output_dir}: no finished derivatives for sub-{subject}")
+    nav = "".join(f'<a href="#{re.sub(r"[^A-Za-z0-9_-]", "", i.name)}">{H.esc(i.name)}</a>'
+                  for i in images)
+    summary = (f"<section><h2>Summary</h2><p>{len(images)} image(s) segmented, "
+               f"{len(errors)} error(s).</p><nav>{nav}</nav></section>")
+    first = images[0].sidecar if images else {}
+    model = first.get("Model") or {}
+    tiv = (first.get("TotalIntracranialVolume") or {}).get("Method")
+    body = (summary + "".join(image_section(i, output_dir) for i in images) + _errors_section(errors)
+            + "<section><h2>Methods and citation</h2>"
+            + H.citation(model.get("Name") or "n/a", model.get("SHA256") or "n/a", tiv) + "</section>")
+    html_text = H.page(f"sub-{subject}", "l2s-pipelines segmentation report", body)
+    return atomic_write_text(output_dir / f"sub-{subject}.html", html_text)

@@ -1,0 +1,309 @@
+"""Training loop for Learn2Synth and its baselines, with the same network, budget and evaluation.
+
+Methods (``TrainConfig.method``):
+
+- ``l2s-parametric`` / ``l2s-nonparametric``: ``warmup_steps`` plain synthetic steps (augmenter
+  applied at its start values, no theta update), then Learn2Synth iterations
+  (:func:`l2s_pipelines.train.hypergrad.l2s_iteration`). Real scans only give gradients to theta.
+- ``synthseg``: plain synthetic steps. ``oracle``: synthetic images passed through the true
+  corruption (``oracle_noise_sigma`` or a ``corruption`` callable).
+- ``mixed``: after the warm-up, a proportion ``mix_proportion`` of every batch is real.
+- ``finetune``: ``steps`` synthetic steps, then ``finetune_steps`` steps on real scans only.
+- ``supervised``: real scans only.
+
+Each step is logged to ``out_dir/metrics.jsonl``; checkpoints go to ``out_dir/checkpoint``
+(safetensors + JSON); the final model package to ``out_dir/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2s_pipelines.augment import build_augmenter
+from l2s_pipelines.nn.losses import get_loss, mean_dice
+from l2s_pipelines.nn.unet import UNet, UNetConfig
+from l2s_pipelines.train.data import CorruptedSyntheticPairs, NoiseCorruption, SyntheticSource
+from l2s_pipelines.train.functional_optim import make_optimizer, step_module
+from l2s_pipelines.train.hypergrad import l2s_iteration
+from l2s_pipelines.train.progress import MetricsLog, Progress
+from l2s_pipelines.train.state import has_training_state, load_training_state, save_training_state
+
+METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "oracle", "mixed", "finetune", "supervised")
+NEEDS_REAL = ("l2s-parametric", "l2s-nonparametric", "mixed", "finetune", "supervised")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in checkpoints and the model manifest).
+
+    Sizes in voxels; ``voxel_size_mm`` in mm; ``lr``/``lr_theta`` are Adam/SGD learning rates of the
+    segmenter and the augmenter; ``alpha`` weights the real loss in theta's gradient.
+    """
+
+    method: str = "l2s-parametric"
+    ndim: int = 2
+    plane: str = "axial"
+    patch_size: tuple[int, ...] = (160, 160)
+    batch_size: int = 4
+    steps: int = 1000
+    warmup_steps: int = 100
+    lr: float = 1e-3
+    lr_theta: float = 1e-3
+    alpha: float = 1.0
+    inner_optimizer: str = "adam"
+    loss: str = "dice+ce"
+    mix_proportion: float = 0.25
+    finetune_steps: int = 100
+    eval_every: int = 50
+    val_size: int = 8
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    oracle_noise_sigma: float | tuple[float, float] | None = None
+    unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
+    augmenter: dict = field(default_factory=dict)
+    generator: dict = field(default_factory=dict)
+    voxel_size_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    name: str = ""
+    tune_subjects: tuple[str, ...] = ()
+    command: str = ""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if len(self.patch_size) != self.ndim:
+            raise ValueError(f"patch_size {self.patch_size} does not have ndim={self.ndim} entries")
+        if not 0 <= self.mix_proportion <= 1:
+            raise ValueError(f"mix_proportion must lie in [0, 1], got {self.mix_proportion}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + (self.finetune_steps if self.method == "finetune" else 0)
+
+    def phase(self, step: int) -> str:
+        """``synth``, ``l2s``, ``mixed`` or ``real``: what step ``step`` (0-based) does."""
+        m = self.method
+        if m == "supervised" or (m == "finetune" and step >= self.steps):
+            return "real"
+        if m in ("l2s-parametric", "l2s-nonparametric") and step >= self.warmup_steps:
+            return "l2s"
+        if m == "mixed" and step >= self.warmup_steps:
+            return "mixed"
+        return "synth"
+
+    def to_dict(self) -> dict:
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(x: Any) -> Any:
+    """Tuples -> lists, recursively (JSON round trip)."""
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`."""
+
+    model: UNet
+    augmenter: torch.nn.Module | None
+    package_dir: Path
+    metrics_path: Path
+    final_val_dice: float | None
+    augmentation: dict[str, float]
+    steps: int
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _label_table(label_table):
+    from l2s_pipelines.labels import LabelTable
+    return label_table or LabelTable.default()
+
+
+def _synthetic_source(config: TrainConfig, label_maps, label_table, device) -> SyntheticSource | None:
+    if label_maps is None:
+        return None
+    from l2s_pipelines.synth import SynthConfig, SynthGenerator
+    gcfg = dict(config.generator)
+    gcfg["patch_size"] = list(config.patch_size)
+    gcfg.setdefault("percentiles", list(config.percentiles))
+    return SyntheticSource(label_maps, SynthGenerator(SynthConfig.from_dict(gcfg), label_table), device)
+
+
+class _Run:
+    """State of one training run (networks, optimisers, data, RNG); one method per step kind."""
+
+    def __init__(self, config: TrainConfig, label_maps, real_train, real_val, corruption, label_table):
+        c = self.config = config
+        self.device = _resolve_device(c.device)
+        self.table = _label_table(label_table)
+        torch.manual_seed(c.seed)  # weight initialisation only; data uses self.gen
+        arch = dict(c.unet, ndim=c.ndim, out_channels=len(self.table.values))
+        self.model = UNet(UNetConfig.from_dict(arch)).to(self.device)
+        self.augmenter = None
+        if c.method.startswith("l2s-"):
+            self.augmenter = build_augmenter(c.method[4:], c.ndim, c.augmenter).to(self.device)
+        self.seg_opt = make_optimizer(c.inner_optimizer, c.lr)
+        self.aug_opt = make_optimizer("adam", c.lr_theta)
+        self.gen = torch.Generator(device=self.device).manual_seed(c.seed)
+        self.loss_fn = get_loss(c.loss)
+        self.synthetic = _synthetic_source(c, label_maps, self.table, self.device)
+        if corruption is None and c.oracle_noise_sigma is not None:
+            corruption = NoiseCorruption(c.oracle_noise_sigma)
+        if c.method == "oracle" and corruption is None:
+            raise ValueError("method 'oracle' needs oracle_noise_sigma or a corruption callable")
+        self.corruption = corruption if c.method == "oracle" else None
+        if c.method != "supervised" and self.synthetic is None:
+            raise ValueError(f"method {c.method!r} needs label maps")
+        if c.method in NEEDS_REAL and real_train is None:
+            raise ValueError(f"method {c.method!r} needs real labelled scans (real_train)")
+        self.real_train, self.val = real_train, None
+        if real_val is not None:  # fixed validation batch, from its own generator (RNG untouched)
+            vgen = torch.Generator(device=self.device).manual_seed(c.seed + 7919)
+            x, y = real_val.sample_batch(c.val_size, vgen, tuple(c.patch_size))
+            self.val = (x.to(self.device), y.to(self.device))
+
+    # data ----------------------------------------------------------------------------------
+    def synth_batch(self, n: int):
+        x, y = self.synthetic.sample(n, self.gen)
+        if self.corruption is not None:
+            x = self.corruption(x, self.gen)
+        return x, y
+
+    def real_batch(self, n: int):
+        x, y = self.real_train.sample_batch(n, self.gen, tuple(self.config.patch_size))
+        return x.to(self.device), y.to(self.device)
+
+    # steps ---------------------------------------------------------------------------------
+    def plain_step(self, x, y) -> float:
+        params = [p for p in self.model.parameters()]
+        loss = self.loss_fn(self.model(x), y)
+        grads = torch.autograd.grad(loss, params)
+        step_module(self.model, self.seg_opt, dict(zip([k for k, _ in self.model.named_parameters()], grads)))
+        return float(loss.detach())
+
+    def step(self, phase: str) -> dict:
+        c = self.config
+        if phase == "l2s":
+            x_s, y_s = self.synth_batch(c.batch_size)
+            x_r, y_r = self.real_batch(c.batch_size)
+            res = l2s_iteration(self.model, self.augmenter, self.seg_opt, x_s, y_s, x_r, y_r,
+                                loss_fn=self.loss_fn, alpha=c.alpha, generator=self.gen)
+            step_module(self.augmenter, self.aug_opt,
+                        {k: p.grad for k, p in self.augmenter.named_parameters() if p.grad is not None})
+            return {"synthetic_loss": res.synthetic_loss, "real_loss": res.real_loss}
+        if phase == "real":
+            return {"real_loss": self.plain_step(*self.real_batch(c.batch_size))}
+        n_real = round(c.mix_proportion * c.batch_size) if phase == "mixed" else 0
+        x, y = self.synth_batch(c.batch_size - n_real)
+        if self.augmenter is not None:
+            with torch.no_grad():
+                x = self.augmenter(x, self.gen)
+        if n_real:
+            x_r, y_r = self.real_batch(n_real)
+            x, y = torch.cat([x, x_r]), torch.cat([y, y_r])
+        return {"synthetic_loss": self.plain_step(x, y)}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean over validation images of the mean per-structure hard Dice (background excluded)."""
+        x, y = self.val
+        k = len(self.table.values)
+        pred = torch.cat([self.model(x[i:i + 1]).argmax(1) for i in range(x.shape[0])])
+        scores = [mean_dice(pred[i], y[i], k) for i in range(x.shape[0])]
+        scores = [s for s in scores if s == s]
+        return float(sum(scores) / len(scores)) if scores else float("nan")
+
+    def state_kwargs(self) -> dict:
+        return dict(segmenter=self.model, augmenter=self.augmenter, seg_opt=self.seg_opt,
+                    aug_opt=self.aug_opt, generator=self.gen)
+
+
+def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=None,
+          out_dir: str | Path, resume: bool = False, corruption=None, label_table=None,
+          progress_stream=None) -> TrainResult:
+    """Train a segmenter with ``config.method`` and write ``out_dir/{metrics.jsonl, checkpoint/, model/}``.
+
+    Parameters
+    ----------
+    label_maps: ``LabelMapDataset`` (``sample_batch(B, generator) -> (B,1,*sp)`` long) or a tensor of
+        label maps ``(N, 1, *sp)``; not needed for ``supervised``.
+    real_train, real_val: ``RealPairDataset``-like (``sample_batch(B, generator, patch_size)``);
+        ``real_val`` gives one fixed batch of ``val_size`` images scored every ``eval_every`` steps.
+    resume: continue from ``out_dir/checkpoint`` when present (same weights, moments and RNG).
+    corruption: ``(x, generator) -> x`` true corruption for ``oracle`` (else ``oracle_noise_sigma``).
+    label_table: output labels (default SynthSeg 2.0's 33).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = config
+    run = _Run(c, label_maps, real_train, real_val, corruption, label_table)
+    log = MetricsLog(out_dir / "metrics.jsonl")
+    ckpt_dir = out_dir / "checkpoint"
+    start = 0
+    if resume and has_training_state(ckpt_dir):
+        start = int(load_training_state(ckpt_dir, device=run.device, **run.state_kwargs())["step"])
+        log.truncate_after(start)
+    else:
+        log.reset()
+    total = c.total_steps
+    progress = Progress(total, start, every=c.log_every, stream=progress_stream)
+    t0 = time.perf_counter()
+    last_dice = None
+    for step in range(start, total):
+        phase = c.phase(step)
+        record: dict[str, Any] = {"step": step, "phase": phase, "synthetic_loss": None, "real_loss": None}
+        record.update(run.step(phase))
+        if run.val is not None and ((step + 1) % c.eval_every == 0 or step + 1 == total):
+            last_dice = record["val_dice"] = run.validate()
+        if run.augmenter is not None:
+            record.update({f"aug/{k}": v for k, v in run.augmenter.parameters_log().items()})
+        record["time"] = time.perf_counter() - t0
+        log.write(record)
+        progress.update(step, record)
+        if (step + 1) % c.checkpoint_every == 0 or step + 1 == total:
+            save_training_state(ckpt_dir, step=step + 1, extra={"config": c.to_dict()}, **run.state_kwargs())
+    progress.close()
+    package = _save_package(run, out_dir / "model", real_train)
+    aug_log = run.augmenter.parameters_log() if run.augmenter is not None else {}
+    return TrainResult(run.model, run.augmenter, package, log.path, last_dice, aug_log, total)
+
+
+def _save_package(run: _Run, directory: Path, real_train) -> Path:
+    from l2s_pipelines.io.checkpoint import save_model_package
+    c = run.config
+    tune = list(c.tune_subjects) or list(getattr(real_train, "subjects", []) or [])
+    if c.method in ("synthseg", "oracle"):
+        tune = []
+    labels = [{"index": v, "name": n, "color": col}
+              for v, n, col in zip(run.table.values, run.table.names, run.table.colors)]
+    manifest = {
+        "name": c.name or f"l2s-{c.method}-{c.ndim}d",
+        "description": f"UNet trained with {c.method} ({c.total_steps} steps, seed {c.seed})",
+        "architecture": run.model.config.to_dict(),
+        "labels": labels,
+        "preprocessing": {"orientation": "RAS", "voxel_size_mm": list(c.voxel_size_mm),
+                          "intensity": "percentile", "percentiles": list(c.percentiles)},
+        "inference": {"mode": f"{c.ndim}d", "planes": [c.plane] if c.ndim == 2 else [],
+                      "patch_size": list(c.patch_size)},
+        "training": {"method": c.method, "steps": c.total_steps, "seed": c.seed, "tune_subjects": tune,
+                     "hyperparameters": c.to_dict(), "command": c.command,
+                     "augmentation": run.augmenter.parameters_log() if run.augmenter is not None else {}},
+    }
+    return save_model_package(directory, run.model.cpu(), manifest)

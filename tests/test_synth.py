@@ -119,17 +119,26 @@ def test_each_intensity_step_switches(step, slices_2d):
     assert not torch.allclose(image, class_image(gen, slices_2d, params), atol=1e-4)
 
 
-@pytest.mark.parametrize("step", ["affine", "elastic", "crop", "flip"])
+@pytest.mark.parametrize("step", ["affine", "elastic", "flip"])
 def test_each_spatial_step_switches(step, slices_2d):
-    kw = {step: True}
-    if step == "crop":
-        kw["patch_size"] = (40, 40)
-    if step == "flip":
-        kw["flip_probability"] = 1.0
+    kw = {step: True, "flip_probability": 1.0}
     gen = SynthGenerator(SynthConfig.all_off(**kw))
     _, target = gen(slices_2d, _gen(6))
     ref = LabelTable.default().source_to_target(slices_2d[:, 0])
-    assert target.shape != ref.shape or not torch.equal(target, ref)
+    assert target.shape == ref.shape and not torch.equal(target, ref)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_crop_is_a_window_of_the_input(crop, slices_2d):
+    gen = SynthGenerator(SynthConfig.all_off(crop=crop, patch_size=(40, 36)))
+    params = gen.sample(slices_2d, _gen(6))
+    _, target = gen.apply(slices_2d, params)
+    ref = LabelTable.default().source_to_target(slices_2d[:, 0])
+    starts = params.offset.long().tolist()
+    for b, (x0, y0) in enumerate(starts):
+        assert torch.equal(target[b], ref[b, x0:x0 + 40, y0:y0 + 36])
+    centred = [[12, 14]] * len(starts)
+    assert (starts == centred) != crop
 
 
 def test_generation_classes_share_intensity():

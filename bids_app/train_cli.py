@@ -13,9 +13,12 @@ file named on bad input); real scans and their reference labels are found with p
 (``validate=True``) in ``--real-bids`` and ``--reference-derivatives``. Training runs as a Pydra
 workflow (:func:`l2s_pipelines.workflows.training.init_train_wf`) with the ``cf``, ``debug`` or
 ``slurm`` worker; torch is imported only inside the task. The trainer's run folder
-(checkpoints, ``metrics.jsonl``) is ``MODEL_DIR/training``, which ``--resume`` continues from.
-After training the manifest is completed (tune subjects, command line, budget, curve file) and
-``training_report.html`` is written into the package folder.
+(checkpoints, ``metrics.jsonl``) is ``--run-dir`` (default ``WORK_DIR/run``, WORK_DIR from
+``-w``, default ``MODEL_DIR/../.l2s-train-work/NAME``), which ``--resume`` continues from;
+to record Dice against training time, resume one run folder with growing ``--steps`` into one
+package folder per stage. After training the manifest is completed (tune and validation
+subjects, command line, budget with cumulative wall time, curve file ``metrics.jsonl`` copied
+into the package) and ``training_report.html`` is written into the package folder.
 
 Exit codes: 0 success; 2 bad arguments or inputs; 1 training failed.
 """
@@ -38,7 +41,6 @@ METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "mixed", "finetune
 NEEDS_REAL = frozenset(METHODS) - {"synthseg"}
 PLANES = ("axial", "coronal", "sagittal")
 NIFTI_EXT = (".nii", ".nii.gz")
-TRAINING_SUBDIR = "training"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add(*names, **kw):
-        alts = [n.replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+        alts = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
         p.add_argument(*names, *alts, **kw)
 
     add("--label-maps", required=True, type=Path, metavar="DIR",
@@ -87,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sbatch-args", default="", help="extra sbatch arguments for --plugin slurm")
     add("--nthreads", type=int, default=None, help="torch threads in the training task")
     add("-w", "--work-dir", type=Path, default=None,
-        help="Pydra cache folder (default: MODEL_DIR/../.l2s-train-work/NAME)")
+        help="Pydra cache and default run folder (default: MODEL_DIR/../.l2s-train-work/NAME)")
+    add("--run-dir", type=Path, default=None,
+        help="trainer run folder with checkpoints and metrics.jsonl (default WORK_DIR/run)")
     add("-o", "--output", required=True, type=Path, metavar="MODEL_DIR",
         help="model package folder to write")
     add("--no-report", action="store_true", help="skip training_report.html")
@@ -204,6 +208,11 @@ def build_spec(args, argv: list[str]) -> dict:
         if v is not None and v < (0 if name == "warmup_steps" else 1):
             raise InputError(f"--{name.replace('_', '-')}: must be positive, got {v}")
     model_dir = Path(args.output).expanduser().resolve()
+    work = Path(args.work_dir or model_dir.parent / ".l2s-train-work" / model_dir.name).expanduser().resolve()
+    run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else work / "run"
+    if args.resume and not (run_dir / "checkpoint").is_dir():
+        raise InputError(f"{run_dir / 'checkpoint'}: --resume given but there is no checkpoint "
+                         f"to resume from (pass the --run-dir of the interrupted run)")
     planes = list(PLANES) if args.plane == "all" else [args.plane]
     config = {
         "method": args.method, "ndim": args.ndim, "planes": planes if args.ndim == 2 else [],
@@ -215,7 +224,7 @@ def build_spec(args, argv: list[str]) -> dict:
     }
     return {"config": config, "label_maps": maps, "generation_labels": gen,
             "real_train": real_train, "real_val": real_val,
-            "out_dir": str(model_dir / TRAINING_SUBDIR), "model_dir": str(model_dir),
+            "out_dir": str(run_dir), "model_dir": str(model_dir), "work_dir": str(work),
             "nthreads": args.nthreads,
             "command": "l2s-train " + " ".join(shlex.quote(a) for a in argv)}
 
@@ -226,35 +235,55 @@ def _atomic_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def cumulative_wall_time(records: list[dict]) -> float | None:
+    """Training wall time (s) from ``metrics.jsonl`` records whose ``time`` restarts at each
+    resume: the per-session times are summed (time between the last log and an interruption is
+    lost). None when nothing was logged."""
+    total, last = 0.0, None
+    for r in sorted((r for r in records if isinstance(r.get("time"), (int, float))), key=lambda r: r["step"]):
+        if last is not None and r["time"] < last:
+            total += last
+        last = r["time"]
+    return None if last is None else total + last
+
+
 def finalize_package(spec: dict, result: dict) -> Path:
     """Complete the trained package's manifest and copy the training curves into it.
 
     ``result`` is the training task's output (``model_dir``, ``metrics``). The manifest gains
-    ``training.tune_subjects``, ``val_subjects``, ``command``, ``budget`` (steps, batch,
-    patch, wall time when logged) and ``curves`` (``metrics.jsonl``, copied into the package).
-    The weights (and their sha256) are untouched.
+    ``training.tune_subjects``, ``val_subjects``, ``label_maps``, ``generation_labels``,
+    ``command``, ``budget`` (steps, warm-up, batch, patch, device, cumulative ``wall_time_s``),
+    ``curves`` (``metrics.jsonl``, copied into the package); with several planes the inference
+    mode becomes ``2.5d`` over those planes. The weights (and their sha256) are untouched.
     """
+    from l2s_pipelines.bids_app.training_report import read_metrics
     from l2s_pipelines.io.checkpoint import MANIFEST_NAME, read_manifest
 
     pkg = Path(result["model_dir"])
     manifest = read_manifest(pkg)
-    metrics_src = Path(result["metrics"]) if result.get("metrics") else None
     training = manifest.setdefault("training", {})
-    if metrics_src is not None and metrics_src.is_file():
-        dst = pkg / "metrics.jsonl"
-        if metrics_src.resolve() != dst.resolve():
-            dst.write_bytes(metrics_src.read_bytes())
+    hyper = training.get("hyperparameters", {})
+    records = []
+    if result.get("metrics") and Path(result["metrics"]).is_file():
+        src, dst = Path(result["metrics"]), pkg / "metrics.jsonl"
+        if src.resolve() != dst.resolve():
+            dst.write_bytes(src.read_bytes())
         training["curves"] = dst.name
+        records = read_metrics(dst)
+    cfg = spec["config"]
+    planes = cfg.get("planes") or []
+    if len(planes) > 1:
+        manifest["inference"] = dict(manifest.get("inference", {}), mode="2.5d", planes=list(planes))
+    training["planes"] = list(planes)
     training["tune_subjects"] = [p["subject"] for p in spec["real_train"]]
     training["val_subjects"] = [p["subject"] for p in spec["real_val"]]
     training["label_maps"] = [Path(p).name for p in spec["label_maps"]]
+    training["generation_labels"] = Path(spec["generation_labels"]).name if spec.get("generation_labels") else None
     training["command"] = spec["command"]
-    cfg = spec["config"]
-    budget = dict(training.get("budget", {}))
-    budget.update({k: training.get(k, cfg.get(k)) for k in ("steps", "warmup_steps", "batch_size")})
-    budget.setdefault("patch_size", training.get("hyperparameters", {}).get("patch_size", cfg["patch_size"]))
-    budget["device"] = cfg["device"]
-    training["budget"] = budget
+    training["budget"] = {"steps": training.get("steps", hyper.get("steps")),
+                          "warmup_steps": hyper.get("warmup_steps"), "batch_size": hyper.get("batch_size"),
+                          "patch_size": hyper.get("patch_size"), "device": cfg["device"],
+                          "wall_time_s": cumulative_wall_time(records)}
     _atomic_json(pkg / MANIFEST_NAME, manifest)
     return pkg
 
@@ -275,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from l2s_pipelines.workflows.training import run_train_wf
 
-    work = args.work_dir or Path(spec["model_dir"]).parent / ".l2s-train-work" / Path(spec["model_dir"]).name
     try:
-        result = run_train_wf(spec, plugin=args.plugin, work_dir=work, sbatch_args=args.sbatch_args)
+        result = run_train_wf(spec, plugin=args.plugin, work_dir=Path(spec["work_dir"]) / "pydra",
+                              sbatch_args=args.sbatch_args)
         pkg = finalize_package(spec, result)
     except (InputError, ModelError) as exc:
         print(f"l2s-train: error: {exc}", file=sys.stderr)

@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from pydra.compose import python, workflow
 
 
@@ -33,53 +35,165 @@ def _cpus() -> int:
     return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", n)))
 
 
+class MultiPlaneSampler:
+    """Draws 2D samples from several planes: each batch element's plane is drawn uniformly.
+
+    ``datasets``: one ``LabelMapDataset`` or ``RealPairDataset`` per plane (sharing volumes;
+    see :func:`_per_plane`). ``sample_batch`` returns what the datasets return (a label-map
+    tensor ``(B, 1, H, W)``, or an ``(image, target)`` pair), elements grouped by plane.
+    """
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        self.subjects = getattr(self.datasets[0], "subjects", None)
+
+    def __len__(self) -> int:
+        return len(self.datasets[0])
+
+    def sample_batch(self, batch_size, generator, patch_size=None):
+        import torch
+
+        which = torch.randint(0, len(self.datasets), (batch_size,), generator=generator)
+        parts = [self.datasets[k].sample_batch(int(n), generator, patch_size)
+                 for k, n in enumerate(torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(items) for items in zip(*parts))
+        return torch.cat(parts)
+
+
+def _per_plane(dataset, planes):
+    """Copies of a 2D ``dataset`` that share its volumes, one per plane (slice index rebuilt)."""
+    import copy
+
+    from l2s_pipelines.io import nifti
+
+    out = []
+    masks = None
+    for plane in planes:
+        if plane == dataset.plane:
+            out.append(dataset)
+            continue
+        clone = copy.copy(dataset)
+        if masks is None:
+            vols = getattr(dataset, "volumes", None) or getattr(dataset, "targets", None)
+            masks = [v > 0 for v in vols]  # label values / channel indices; IGNORE_INDEX < 0
+        clone.plane, clone.index = plane, nifti._SliceIndex(masks, plane, 0.25)
+        out.append(clone)
+    return MultiPlaneSampler(out)
+
+
+def _train_config(spec: dict):
+    """``TrainConfig`` from ``spec["config"]``: None values keep the trainer's defaults."""
+    from l2s_pipelines.errors import InputError
+    from l2s_pipelines.nn.unet import UNetConfig
+    from l2s_pipelines.train.trainer import TrainConfig
+
+    cfg = {k: v for k, v in spec["config"].items() if v is not None}
+    planes = cfg.pop("planes", None) or ["axial"]
+    cfg["plane"] = planes[0]
+    vox = cfg.pop("voxel_size", 1.0)
+    cfg["voxel_size_mm"] = (float(vox),) * 3
+    widths = cfg.pop("widths", None)
+    if widths:
+        cfg["unet"] = dict(UNetConfig().to_dict(), widths=list(widths))
+    cfg.pop("resume", None)
+    if "patch_size" in cfg:
+        cfg["patch_size"] = tuple(cfg["patch_size"])
+    elif cfg.get("ndim") == 3:
+        cfg["patch_size"] = (96, 96, 96)
+    cfg["tune_subjects"] = tuple(p["subject"] for p in spec.get("real_train") or [])
+    cfg["command"] = spec.get("command", "")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise InputError(f"options {unknown} are not supported by this trainer (TrainConfig)")
+    try:
+        return TrainConfig(**cfg), planes
+    except ValueError as exc:
+        raise InputError(f"training options: {exc}") from exc
+
+
 def train_from_spec(spec: dict) -> dict:
     """Run the trainer on a spec (see the module docstring); returns ``{"model_dir", "metrics"}``.
 
-    Builds ``TrainConfig`` from ``spec["config"]`` (None values left to the trainer's
-    defaults; keys the trainer does not know raise InputError), the datasets from the file
-    lists, calls :func:`l2s_pipelines.train.trainer.train`, and installs the trained package
-    into ``spec["model_dir"]`` when the trainer wrote it elsewhere.
+    Builds the ``TrainConfig`` (:func:`_train_config`) and the datasets, calls
+    :func:`l2s_pipelines.train.trainer.train` (resuming when ``spec["config"]["resume"]``),
+    installs the trained package into ``spec["model_dir"]`` and saves example images
+    (``examples.npz``, see :func:`save_examples_from_run`) beside it.
     """
     import torch
 
-    from l2s_pipelines.errors import InputError
     from l2s_pipelines.io.nifti import LabelMapDataset, RealPairDataset
-    from l2s_pipelines.train.trainer import TrainConfig, train
+    from l2s_pipelines.labels import LabelTable
+    from l2s_pipelines.train.trainer import train
 
     torch.set_num_threads(int(spec.get("nthreads") or _cpus()))
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in spec["config"].items() if v is not None}
-    for k in ("patch_size", "widths", "planes"):
-        if isinstance(given.get(k), list):
-            given[k] = tuple(given[k])
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise InputError(f"options {unknown} are not supported by this trainer (TrainConfig)")
-    config = TrainConfig(**given)
-    label_maps = LabelMapDataset(spec["label_maps"], voxel_size=config.voxel_size,
-                                 generation_labels=spec.get("generation_labels"))
+    config, planes = _train_config(spec)
+    table = LabelTable.default()
+    kw = {"voxel_size": config.voxel_size_mm, "ndim": config.ndim, "plane": config.plane}
+    label_maps = LabelMapDataset(spec["label_maps"], **kw) if spec.get("label_maps") else None
 
     def pairs(key):
         items = spec.get(key) or []
         if not items:
             return None
-        return RealPairDataset([p["image"] for p in items], [p["reference"] for p in items],
-                               voxel_size=config.voxel_size,
-                               subjects=[p["subject"] for p in items])
+        ds = RealPairDataset([p["image"] for p in items], [p["reference"] for p in items], table, **kw)
+        ds.subjects = [p["subject"] for p in items]
+        return ds
 
-    out_dir = Path(spec["out_dir"])
-    result = train(config, label_maps=label_maps, real_train=pairs("real_train"),
-                   real_val=pairs("real_val"), out_dir=out_dir)
-    pkg = Path(getattr(result, "package_dir", None) or result)
+    real_train, real_val = pairs("real_train"), pairs("real_val")
+    if config.ndim == 2 and len(planes) > 1:
+        label_maps, real_train, real_val = (None if d is None else _per_plane(d, planes)
+                                            for d in (label_maps, real_train, real_val))
+    result = train(config, label_maps=label_maps, real_train=real_train, real_val=real_val,
+                   out_dir=Path(spec["out_dir"]), resume=bool(spec["config"].get("resume")))
     model_dir = Path(spec["model_dir"])
-    if pkg.resolve() != model_dir.resolve():
-        model_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "manifest.json"):  # weights first (see checkpoint.py)
-            shutil.copyfile(pkg / name, model_dir / f".{name}.tmp")
-            os.replace(model_dir / f".{name}.tmp", model_dir / name)
-    metrics = out_dir / "metrics.jsonl"
-    return {"model_dir": str(model_dir), "metrics": str(metrics) if metrics.is_file() else ""}
+    _install_package(Path(result.package_dir), model_dir)
+    save_examples_from_run(model_dir / "examples.npz", config, table, label_maps, real_val or real_train,
+                           result.augmenter, step=result.steps)
+    return {"model_dir": str(model_dir), "metrics": str(result.metrics_path)}
+
+
+def _install_package(src: Path, dst: Path) -> None:
+    """Copy ``model.safetensors`` then ``manifest.json`` from ``src`` into ``dst`` (atomic renames)."""
+    if src.resolve() == dst.resolve():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "manifest.json"):  # weights first (see checkpoint.py)
+        shutil.copyfile(src / name, dst / f".{name}.tmp")
+        os.replace(dst / f".{name}.tmp", dst / name)
+
+
+def save_examples_from_run(path: Path, config, table, label_maps, real, augmenter, *, step: int,
+                           n: int = 4, seed: int = 12345) -> Path | None:
+    """Draw ``n`` synthetic images (and the augmenter's output for them) and ``n`` real slices
+    with a fixed seed, and store them for the training report (middle axial slice in 3D)."""
+    import torch
+
+    from l2s_pipelines.bids_app.training_report import save_examples
+    from l2s_pipelines.synth import SynthConfig, SynthGenerator
+
+    if label_maps is None and real is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    patch = tuple(config.patch_size)
+
+    def as2d(x):  # (B, 1, *sp) or (B, *sp) -> (B, H, W) numpy
+        x = x[:, 0] if x.dim() == config.ndim + 2 else x
+        return (x[..., x.shape[-1] // 2] if config.ndim == 3 else x).detach().cpu().float().numpy()
+
+    synth = aug = np.zeros((0, 1, 1), np.float32)
+    if label_maps is not None:
+        gcfg = dict(config.generator, patch_size=list(patch), percentiles=list(config.percentiles))
+        x_s, _ = SynthGenerator(SynthConfig.from_dict(gcfg), table)(label_maps.sample_batch(n, gen, patch), gen)
+        synth = as2d(x_s)
+        if augmenter is not None:
+            with torch.no_grad():
+                aug = as2d(augmenter.cpu()(x_s, gen))
+        else:
+            aug = synth
+    real_x = as2d(real.sample_batch(n, gen, patch)[0]) if real is not None else np.zeros((0, 1, 1), np.float32)
+    return save_examples(path, synthetic=synth, augmented=aug, real=real_x, step=step)
 
 
 def _train_task(spec_json: str) -> tuple[str, str, str]:

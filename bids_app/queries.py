@@ -119,7 +119,7 @@ def collect_images(layout, *, suffix: str = "T1w", participants=(), sessions=(),
     found = {im.subject for im in images}
     lacking = [s for s in subjects if s not in found]
     if lacking and participants:
-        have = sorted({str(f.suffix) for f in layout.get(subject=lacking, extension=NIFTI_EXT, return_type="object")})
+        have = sorted({str(f.get_entities().get("suffix")) for f in layout.get(subject=lacking, extension=NIFTI_EXT, return_type="object")})
         raise InputError(f"{root}: no {suffix} image for sub-{', sub-'.join(lacking)} "
                          f"(images found there: {', '.join(have) or 'none'})")
     if not images:

@@ -1,0 +1,142 @@
+"""Command line parsing, options, execution helpers and dataset-level errors (exit code 2).
+
+All in-process and fast: these paths stop before any Pydra worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from l2s_pipelines.bids_app import cli
+from l2s_pipelines.bids_app.options import parse_mem, parse_plugin_args, strip_prefix
+from l2s_pipelines.errors import InputError
+from l2s_pipelines.workflows import execution
+
+
+@pytest.fixture(autouse=True)
+def _keep_env(monkeypatch):
+    """main() sets thread and telemetry variables; restore them after each test."""
+    for var in (*cli._THREAD_VARS, "NO_ET", "NIPYPE_NO_ET"):
+        monkeypatch.setenv(var, "1")
+
+
+def opts_for(*argv):
+    return cli.options_from_args(cli.build_parser().parse_args([str(a) for a in argv]))
+
+
+def test_both_spellings_and_prefixes(tmp_path):
+    a = opts_for(tmp_path / "b", tmp_path / "o", "participant", "--participant-label", "sub-01", "02",
+                 "--session_label", "ses-1", "--n_cpus", "3", "--omp_nthreads", "2", "--mem", "4G",
+                 "--save_probseg", "--notrack", "-vv", "--plugin-args", "max_jobs=4", "flag=true")
+    assert a.participant_label == ("01", "02") and a.session_label == ("1",)
+    assert (a.nprocs, a.omp_nthreads, a.mem_mb, a.save_probseg, a.verbosity) == (3, 2, 4096, True, 2)
+    assert a.plugin_args == {"max_jobs": 4, "flag": True}
+    assert a.work_dir == Path.cwd() / "work" and a.bids_dir.is_absolute()
+    b = opts_for(tmp_path / "b", tmp_path / "o", "participant", "--participant_label", "01",
+                 "--nthreads", "1", "--save-probseg", "--output-spaces", "MNI152NLin2009cAsym")
+    assert b.participant_label == ("01",) and b.nprocs == 1 and b.output_spaces == ("MNI152NLin2009cAsym",)
+
+
+def test_cpu_allocation_from_slurm(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    a = opts_for(tmp_path, tmp_path / "o", "participant", "--nprocs", "2")
+    assert a.omp_nthreads == 3
+
+
+@pytest.mark.parametrize("text,mb", [("8000", 8000), ("8G", 8192), ("512MB", 512), ("1.5gb", 1536), ("2048k", 2)])
+def test_parse_mem(text, mb):
+    assert parse_mem(text) == mb
+
+
+def test_bad_values_raise():
+    with pytest.raises(InputError, match="--mem"):
+        parse_mem("lots")
+    with pytest.raises(InputError, match="alphanumeric"):
+        strip_prefix(["sub-0_1"], "sub-")
+    with pytest.raises(InputError, match="key=value"):
+        parse_plugin_args(["novalue"])
+    assert parse_plugin_args(['{"n_procs": 2}']) == {"n_procs": 2}
+
+
+def test_version_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and "l2s-bids 0.1.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["a", "b", "participant", "--no-such-option"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["a", "b", "everything"])
+    assert exc.value.code == 2
+    assert cli.main(["a", "b", "participant", "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_worker_spec_per_plugin():
+    assert execution.worker_spec("cf", {}, nprocs=3) == ("cf", {"n_procs": 3})
+    assert execution.worker_spec("cf", {"n_procs": 1}, nprocs=3) == ("cf", {"n_procs": 1})
+    assert execution.worker_spec("slurm", {"sbatch_args": "-p x"}) == ("slurm", {"sbatch_args": "-p x"})
+    assert execution.worker_spec("sge", {})[0] == "sge" and execution.worker_spec("debug", {})[0] == "debug"
+    worker, _ = execution.worker_spec("dask", {})
+    assert worker.__name__ == "DaskWorker"
+    with pytest.raises(ValueError, match="unknown plugin"):
+        execution.worker_spec("psij", {})
+
+
+def test_clean_work_dir_and_error_summary(tmp_path):
+    job = tmp_path / "work" / "python-abc"
+    job.mkdir(parents=True)
+    (tmp_path / "work" / "python-abc.lock").write_text("")
+    (job / "_error.pklz").write_bytes(b"x")
+    (job / "_result.pklz").write_bytes(b"x")
+    keep = tmp_path / "work" / "python-def" / "_result.pklz"
+    keep.parent.mkdir()
+    keep.write_bytes(b"x")
+    assert execution.clean_work_dir(tmp_path / "work") == {"locks": 1, "errors": 1}
+    assert not list((tmp_path / "work").rglob("*.lock")) and not (job / "_result.pklz").exists()
+    assert keep.exists()
+    text = ('RuntimeError: Workflow job img1 failed with errors:\n  File "x"\n'
+            "l2s_pipelines.errors.InputError: /d/sub-01_T1w.nii.gz: 4D image with 3 volumes\n")
+    assert execution.summarise_error(text) == "InputError: /d/sub-01_T1w.nii.gz: 4D image with 3 volumes"
+
+
+def test_boilerplate_only(bids_dir, model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main([str(bids_dir), str(out), "participant", "--boilerplate-only", "--model", str(model_dir),
+                     "-w", str(tmp_path / "work")])
+    assert code == 0
+    text = (out / "logs" / "CITATION.md").read_text()
+    assert "tiny-untrained-test" in text and "33 labels" in text and text in capsys.readouterr().out
+
+
+def test_bids_filter_file(bids_dir, tmp_path):
+    from l2s_pipelines.bids_app import queries
+
+    layout = queries.load_layout(bids_dir)
+    f = tmp_path / "filter.json"
+    f.write_text(json.dumps({"t1w": {"session": None}}))
+    images = queries.collect_images(layout, filters=opts_for(bids_dir, tmp_path / "o", "participant",
+                                                             "--bids-filter-file", f).bids_filters)
+    assert [im.subject for im in images] == ["01"]
+    f.write_text(json.dumps({"t1w": {"session": "*"}}))
+    images = queries.collect_images(layout, filters=json.loads(f.read_text()))
+    assert [(im.subject, im.session) for im in images] == [("02", "1"), ("02", "2")]
+    f.write_text("{not json")
+    with pytest.raises(InputError, match="filter.json.*not valid JSON"):
+        opts_for(bids_dir, tmp_path / "o", "participant", "--bids-filter-file", f)
+
+
+def test_references_found_and_output_excluded(bids_dir, tmp_path):
+    from l2s_pipelines.bids_app import queries
+
+    out = bids_dir / "derivatives" / "l2s"
+    (out / "sub-01" / "anat").mkdir(parents=True)
+    (out / "dataset_description.json").write_text("{}")
+    layout = queries.load_layout(bids_dir)
+    images = queries.attach_references(queries.collect_images(layout), queries.reference_roots(bids_dir, out))
+    assert all("derivatives/reference" in im.reference and "desc-reference_dseg" in im.reference for im in images)
+    assert [Path(im.reference).name.split("_desc")[0] for im in images] == \
+        [Path(im.path).name.split("_T1w")[0] for im in images]

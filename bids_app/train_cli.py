@@ -275,14 +275,21 @@ def finalize_package(spec: dict, result: dict) -> Path:
     if len(planes) > 1:
         manifest["inference"] = dict(manifest.get("inference", {}), mode="2.5d", planes=list(planes))
     training["planes"] = list(planes)
-    training["tune_subjects"] = [p["subject"] for p in spec["real_train"]]
+    # subjects whose labels shaped the weights; validation-only subjects are listed separately
+    training["tune_subjects"] = ([p["subject"] for p in spec["real_train"]]
+                                 if cfg["method"] in NEEDS_REAL else [])
     training["val_subjects"] = [p["subject"] for p in spec["real_val"]]
     training["label_maps"] = [Path(p).name for p in spec["label_maps"]]
-    training["generation_labels"] = Path(spec["generation_labels"]).name if spec.get("generation_labels") else None
+    gen_used = "generation_labels" in hyper  # the trainer records what it used
+    training["generation_labels"] = (Path(spec["generation_labels"]).name
+                                     if spec.get("generation_labels") and gen_used else None)
+    if spec.get("generation_labels") and not gen_used:
+        LOG.warning("%s: this trainer does not take generation classes; it used one class per "
+                    "label (left/right merged)", spec["generation_labels"])
     training["command"] = spec["command"]
     training["budget"] = {"steps": training.get("steps", hyper.get("steps")),
                           "warmup_steps": hyper.get("warmup_steps"), "batch_size": hyper.get("batch_size"),
-                          "patch_size": hyper.get("patch_size"), "device": cfg["device"],
+                          "patch_size": hyper.get("patch_size"), "device": hyper.get("device", cfg["device"]),
                           "wall_time_s": cumulative_wall_time(records)}
     _atomic_json(pkg / MANIFEST_NAME, manifest)
     return pkg

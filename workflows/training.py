@@ -56,9 +56,21 @@ class MultiPlaneSampler:
         which = torch.randint(0, len(self.datasets), (batch_size,), generator=generator)
         parts = [self.datasets[k].sample_batch(int(n), generator, patch_size)
                  for k, n in enumerate(torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
-        if isinstance(parts[0], tuple):
-            return tuple(torch.cat(items) for items in zip(*parts))
-        return torch.cat(parts)
+        pair = isinstance(parts[0], tuple)
+        parts = [p if pair else (p,) for p in parts]
+        if patch_size is None:  # planes give slices of different shapes: zero-pad, centred
+            shape = [max(p[0].shape[d] for p in parts) for d in (-2, -1)]
+            parts = [tuple(_pad_to(t, shape) for t in p) for p in parts]
+        out = tuple(torch.cat(items) for items in zip(*parts))
+        return out if pair else out[0]
+
+
+def _pad_to(t, shape):
+    """Zero-pad the last two dims of ``t`` to ``shape`` (centred)."""
+    from torch.nn import functional as F
+
+    dh, dw = shape[0] - t.shape[-2], shape[1] - t.shape[-1]
+    return F.pad(t, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)) if dh or dw else t
 
 
 def _per_plane(dataset, planes):
@@ -97,6 +109,9 @@ def _train_config(spec: dict):
     if widths:
         cfg["unet"] = dict(UNetConfig().to_dict(), widths=list(widths))
     cfg.pop("resume", None)
+    if cfg.get("device", "auto") == "auto":  # record the device actually used
+        import torch
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if "patch_size" in cfg:
         cfg["patch_size"] = tuple(cfg["patch_size"])
     elif cfg.get("ndim") == 3:
@@ -104,6 +119,8 @@ def _train_config(spec: dict):
     cfg["tune_subjects"] = tuple(p["subject"] for p in spec.get("real_train") or [])
     cfg["command"] = spec.get("command", "")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if spec.get("generation_labels") and "generation_labels" in known:  # passed when supported
+        cfg["generation_labels"] = spec["generation_labels"]
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise InputError(f"options {unknown} are not supported by this trainer (TrainConfig)")
@@ -278,5 +295,7 @@ def run_train_wf(spec: dict, *, plugin: str = "cf", work_dir, sbatch_args: str =
 def _error_text(errors) -> str:
     if isinstance(errors, dict):
         tb = errors.get("error message") or errors.get("errors") or errors
-        return "".join(tb) if isinstance(tb, list) else str(tb)
-    return str(errors)
+        text = "".join(tb) if isinstance(tb, list) else str(tb)
+    else:
+        text = str(errors)
+    return text if len(text) < 3000 else "...\n" + text[-3000:]  # the cause is at the end

@@ -136,7 +136,7 @@ def _panels(values: pd.DataFrame, labels: list[str], path: Path, unit: str,
         col = pd.to_numeric(values[label], errors="coerce")
         ok = col.notna().to_numpy()
         data = col.to_numpy()[ok]
-        ax.boxplot(data, vert=False, widths=0.5, showfliers=False)
+        ax.boxplot(data, orientation="horizontal", widths=0.5, showfliers=False)
         out = (z[label].abs() > OUTLIER_Z).to_numpy()[ok] if z is not None else np.zeros(data.size, bool)
         jitter = 1 + rng.uniform(-0.18, 0.18, data.size)
         ax.plot(data[~out], jitter[~out], "o", ms=3, alpha=0.6, color="#1f5fa8")

@@ -1,0 +1,140 @@
+"""``l2s-train`` end to end on tiny inputs: 2 shared label maps downsampled to 4 mm, the real
+scan ixi012 of the shared BIDS set, a 2-level UNet of widths 4 and 8, 32 x 32 patches, a few
+steps. The ``cf`` run goes through a subprocess (the pool must not fork a process in which
+torch already ran); ``debug`` runs in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import build_bids
+from l2s_pipelines.bids_app.train_cli import cumulative_wall_time, main
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BIDS = DATA / "bids_real"
+TINY = ["--voxel-size", "4", "--patch-size", "32", "--batch-size", "2", "--widths", "4", "8",
+        "--nthreads", "1", "--eval-every", "1", "--checkpoint-every", "1"]
+
+pytestmark = pytest.mark.skipif(not (DATA / "label_maps").is_dir() or not BIDS.is_dir(),
+                                reason="shared test data not present")
+
+
+@pytest.fixture(scope="module")
+def label_maps(tmp_path_factory) -> Path:
+    """Two shared label maps at 4 mm (64^3), nearest-neighbour downsampled."""
+    from l2s_pipelines.io.preprocess import resample_to_voxel_size
+
+    out = tmp_path_factory.mktemp("maps")
+    for i in (1, 2):
+        img = nib.load(DATA / "label_maps" / f"training_seg_0{i}.nii.gz")
+        data, aff = resample_to_voxel_size(np.asarray(img.dataobj).astype(np.int16), img.affine, 4.0, order=0)
+        nib.save(nib.Nifti1Image(data, aff), out / f"seg{i}.nii.gz")
+    return out
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_synthseg_debug_all_planes(label_maps, tmp_path):
+    from l2s_pipelines.io.checkpoint import load_model_package
+
+    out = tmp_path / "model"
+    rc = main(["--label-maps", str(label_maps), "--real-bids", str(BIDS), "--val-participant-label",
+               "sub-ixi012", "--method", "synthseg", "--plane", "all", "--steps", "2", "--plugin",
+               "debug", "-o", str(out), *TINY])
+    assert rc == 0
+    model, manifest = load_model_package(out)
+    assert model.config.ndim == 2 and model.config.widths == (4, 8)
+    assert manifest["inference"]["mode"] == "2.5d"
+    assert manifest["inference"]["planes"] == ["axial", "coronal", "sagittal"]
+    training = manifest["training"]
+    assert training["method"] == "synthseg" and training["steps"] == 2
+    assert training["tune_subjects"] == [] and training["val_subjects"] == ["sub-ixi012"]
+    assert training["label_maps"] == ["seg1.nii.gz", "seg2.nii.gz"]
+    assert training["command"].startswith("l2s-train --label-maps")
+    assert training["budget"]["batch_size"] == 2 and training["budget"]["wall_time_s"] > 0
+    assert manifest["preprocessing"]["voxel_size_mm"] == [4.0, 4.0, 4.0]
+    recs = _records(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [0, 1] and all("val_dice" in r for r in recs)
+    report = (out / "training_report.html").read_text()
+    assert "curve_loss.png" in report and "curve_dice.png" in report and "examples.png" in report
+    for png in ("curve_loss.png", "curve_dice.png", "examples.png"):
+        assert (out / "figures" / png).stat().st_size > 1000
+    with np.load(out / "examples.npz") as ex:
+        assert ex["synthetic"].shape == ex["augmented"].shape == (4, 32, 32)
+        assert ex["real"].shape == (4, 32, 32) and 0 <= ex["real"].min() and ex["real"].max() <= 1
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_ET="1", NIPYPE_NO_ET="1", OMP_NUM_THREADS="1")
+    code = "import sys; from l2s_pipelines.bids_app.train_cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_l2s_parametric_cf_and_resume(label_maps, tmp_path):
+    out, run = tmp_path / "model", tmp_path / "run"
+    base = ["--label-maps", str(label_maps), "--real-bids", str(BIDS), "--tune-participant-label",
+            "ixi012", "--method", "l2s-parametric", "--warmup-steps", "1", "--plugin", "cf",
+            "--run-dir", str(run), "-w", str(tmp_path / "work"), "-o", str(out), *TINY]
+    first = _cli(base + ["--steps", "2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["tune_subjects"] == ["sub-ixi012"]
+    assert manifest["training"]["val_subjects"] == ["sub-ixi012"]  # default: the tune subjects
+    before = _records(out / "metrics.jsonl")
+    assert [r["phase"] for r in before] == ["synth", "l2s"]
+    assert "aug/noise_sigma" in before[1]
+
+    second = _cli(base + ["--steps", "3", "--resume"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = _records(out / "metrics.jsonl")
+    assert [r["step"] for r in after] == [0, 1, 2]
+    assert after[:2] == before  # steps 0-1 were restored from the checkpoint, not re-run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == 3 and "--resume" in manifest["training"]["command"]
+    assert manifest["training"]["budget"]["wall_time_s"] == pytest.approx(
+        before[-1]["time"] + after[-1]["time"])
+
+    from l2s_pipelines.io.checkpoint import load_model_package
+    load_model_package(out)
+
+
+@pytest.mark.parametrize("case", ["no_maps", "unknown_participant", "no_reference", "no_tune", "no_checkpoint"])
+def test_bad_inputs_exit_2_naming_the_file(case, label_maps, tmp_path, capsys):
+    maps, bids, extra = label_maps, BIDS, ["--tune-participant-label", "ixi012"]
+    if case == "no_maps":
+        maps = tmp_path / "empty"
+        maps.mkdir()
+        expected = str(maps)
+    elif case == "unknown_participant":
+        extra, expected = ["--tune-participant-label", "ixi012", "sub-ixi999"], "ixi999"
+    elif case == "no_reference":
+        bids = build_bids(tmp_path / "bids", {"01": [None]}, reference=False)
+        extra, expected = ["--tune-participant-label", "01"], str(bids / "derivatives" / "reference")
+    elif case == "no_tune":
+        extra, expected = [], "--tune-participant-label"
+    else:
+        extra, expected = extra + ["--resume", "--run-dir", str(tmp_path / "run")], str(tmp_path / "run")
+    rc = main(["--label-maps", str(maps), "--real-bids", str(bids), "--method", "l2s-parametric",
+               "--steps", "1", "--plugin", "debug", "-o", str(tmp_path / "model"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expected in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_cumulative_wall_time_sums_resumed_sessions():
+    recs = [{"step": 0, "time": 1.0}, {"step": 1, "time": 2.5}, {"step": 2, "time": 0.5},
+            {"step": 3, "time": 1.0}]
+    assert cumulative_wall_time(recs) == pytest.approx(3.5)
+    assert cumulative_wall_time([]) is None

@@ -1,0 +1,76 @@
+"""Group level from derivatives alone: wide tables, robust-z outliers, HTML and exit codes."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from derivative_fixtures import MANIFEST, make_bids, make_result_dir
+from l2s_pipelines.bids_app import derivatives as D
+from l2s_pipelines.bids_app.group import outliers, robust_z, run_group
+
+SUBJECTS = ("01", "02", "03", "04")
+
+
+@pytest.fixture(scope="module")
+def group_out(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("group")
+    bids = make_bids(tmp / "bids", subjects=SUBJECTS)
+    out = tmp / "out"
+    D.write_dataset_description(out, bids_dir=bids, model_manifest=MANIFEST)
+    for i, sub in enumerate(SUBJECTS):
+        src = bids / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz"
+        res = make_result_dir(tmp / "work" / sub, src, seed=i, used_for_tuning=(i == 0),
+                              with_dice=(i < 2), with_probseg=False, flagged=(i == 3))
+        D.publish_image_results(res, out, entities={"subject": sub}, source_file=src, save_probseg=False)
+    assert run_group(out) == 0
+    return out
+
+
+def test_wide_tables_one_row_per_image(group_out):
+    hard = pd.read_csv(group_out / "group_volumes.tsv", sep="\t")
+    soft = pd.read_csv(group_out / "group_volumes_soft.tsv", sep="\t")
+    assert hard["participant_id"].tolist() == [f"sub-{s}" for s in SUBJECTS]
+    assert list(hard.columns[:5]) == ["image", "participant_id", "session_id", "tiv_mm3", "tiv_method"]
+    assert len(hard.columns) == 5 + 32 and list(soft.columns) == list(hard.columns)
+    single = pd.read_csv(group_out / "sub-02/anat/sub-02_desc-volumes_morph.tsv", sep="\t")
+    expected = single.set_index("name")["volume_hard_mm3"]
+    row = hard.set_index("participant_id").loc["sub-02"]
+    assert np.allclose(row[expected.index[1:]].astype(float), expected.iloc[1:])
+    dice = pd.read_csv(group_out / "group_dice.tsv", sep="\t")
+    assert dice["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert dice["used_for_tuning"].tolist() == [True, False]
+    assert dice["mean_dice"].between(0, 1).all()
+    qc = pd.read_csv(group_out / "group_qc.tsv", sep="\t")
+    assert qc["n_flagged"].tolist() == [0, 0, 0, 1]
+    assert qc["missing_labels_flagged"].tolist() == [False, False, False, True]
+
+
+def test_group_html_links_subject_reports_and_figures(group_out):
+    html = (group_out / "group.html").read_text()
+    links = set(re.findall(r'href="(sub-\d+)\.html#', html))
+    assert links == {f"sub-{s}" for s in SUBJECTS}
+    assert all((group_out / f"{link}.html").is_file() for link in links)
+    images = re.findall(r'src="([^"]+)"', html)
+    assert images and all((group_out / i).is_file() for i in images)
+    assert "Used to tune the model (not held out): sub-01" in html
+
+
+def test_robust_z_flags_only_the_deviant_image():
+    values = pd.DataFrame({"a": [10.0, 10.2, 9.9, 10.1, 14.0], "b": [1.0, 1.0, 1.0, 1.0, 1.0]})
+    z = robust_z(values)
+    assert abs(z["a"].iat[4]) > 3 and (z["a"].iloc[:4].abs() < 3).all()
+    assert z["b"].isna().all()  # MAD 0: no z-score rather than infinity
+    assert robust_z(values.iloc[:2]).isna().all().all()  # too few images
+    hard = pd.DataFrame({"image": list("pqrst"), "participant_id": list("PQRST"), "session_id": "n/a",
+                         "tiv_mm3": [100.0] * 5, "tiv_method": "x", "lab": [10, 10.2, 9.9, 10.1, 14.0]})
+    found = outliers(hard)
+    assert found[["image", "label"]].values.tolist() == [["t", "lab"]]
+
+
+def test_group_without_derivatives_exits_2(tmp_path, capsys):
+    assert run_group(tmp_path) == 2
+    assert "no finished segmentations" in capsys.readouterr().err

@@ -89,7 +89,7 @@ def build_demo_dataset(root, *, n_subjects: int = 3, seed: int = 0, resolution: 
     data = np.asarray(template.get_fdata(), dtype=np.float32)
     data = data / max(float(data.max()), 1e-6)
     rng = np.random.default_rng(seed)
-    rows = ["participant_id\tsessions\tsource"]
+    rows = ["participant_id\tn_sessions\tsource"]
     for i in range(1, n_subjects + 1):
         sub = f"sub-{i:02d}"
         sessions = ["ses-1", "ses-2"] if i == 1 else [None]
@@ -101,7 +101,7 @@ def build_demo_dataset(root, *, n_subjects: int = 3, seed: int = 0, resolution: 
         rows.append(f"{sub}\t{len(sessions)}\tvaried copy of the nilearn ICBM 2009a symmetric template")
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     (root / "participants.json").write_text(json.dumps({
-        "sessions": {"Description": "number of sessions of this participant"},
+        "n_sessions": {"Description": "number of sessions of this participant"},
         "source": {"Description": "what the images were made from"}}, indent=2))
     (root / "dataset_description.json").write_text(json.dumps({
         "Name": "l2s-pipelines demo dataset (synthetic variations of a template)",

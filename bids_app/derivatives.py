@@ -357,7 +357,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         "TotalIntracranialVolume": {"Value": info.get("tiv_mm3"), "Units": "mm^3",
                                     "Method": info.get("tiv_method")},
         "RuntimeSeconds": info.get("runtime_s"), "PeakMemoryMB": info.get("peak_memory_mb"),
-        "TimingsSeconds": info.get("timings_s", {}),
+        "TimingsSeconds": info.get("timings_s", {}), "Warnings": list(info.get("warnings", [])),
         "Labels": [e["value"] for e in rows]})
     return written
 

@@ -165,7 +165,8 @@ def image_section(img: ImageDerivatives, output_dir: Path) -> str:
         ["Random seed", side.get("RandomSeed")], ["Runtime (s)", H.fmt(side.get("RuntimeSeconds"), 1)],
         ["Peak memory (MB)", H.fmt(side.get("PeakMemoryMB"), 0)]], text_columns=(0, 1))
     anchor = re.sub(r"[^A-Za-z0-9_-]", "", img.name)
-    return (f'<section id="{anchor}"><h2>{H.esc(img.name)}</h2>' + _figures_section(img, output_dir)
+    warnings = "".join(f'<div class="callout">{H.esc(w)}</div>' for w in side.get("Warnings") or [])
+    return (f'<section id="{anchor}"><h2>{H.esc(img.name)}</h2>' + warnings + _figures_section(img, output_dir)
             + facts + _volumes_section(img) + _dice_section(img) + _qc_section(img) + "</section>")
 
 

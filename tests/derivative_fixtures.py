@@ -97,7 +97,7 @@ def make_result_dir(work: Path, source: Path, *, seed: int, with_dice: bool = Tr
             "model_sha256": MANIFEST["weights"]["sha256"], "seed": 0,
             "timings_s": {"load": 0.1, "segment": 1.2}, "tiv_mm3": float((lab > 0).sum()) * voxel,
             "tiv_method": "sum of non-background labels", "used_for_tuning": used_for_tuning,
-            "labels": label_dict()}
+            "warnings": ["voxel size 2.0 mm: resampled to 1 mm"], "labels": label_dict()}
     (work / "info.json").write_text(json.dumps(info))
     plot_segmentation_mosaics(source, work / "dseg.nii.gz", info["labels"], work / "figures")
     return work

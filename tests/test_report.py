@@ -60,7 +60,8 @@ def test_report_content_from_derivatives_alone(outputs):
     assert report == out / "sub-01.html"
     for needed in ("Volumes", "Dice against reference labels", "QC flags", "Errors (1)",
                    "arXiv:2411.16719", "SynthSeg", "Pydra", MANIFEST["weights"]["sha256"],
-                   "Used to tune the model", "sum of non-background labels"):
+                   "Used to tune the model", "sum of non-background labels",
+                   "resampled to 1 mm"):
         assert needed in text, needed
     assert "&lt;b&gt;4D&lt;/b&gt;" in text and "<b>4D</b>" not in text
     # every referenced image exists (relative paths), nothing is loaded from the network

@@ -153,9 +153,9 @@ def reference_roots(bids_dir, output_dir, explicit=None) -> list[Path]:
 
 
 def attach_references(images: list[ImageJob], roots: list[Path], *, required: bool = False) -> list[ImageJob]:
-    """Return ``images`` with ``reference`` set to the matching ``*_dseg.nii[.gz]`` of the first
-    root holding one (same subject and session; acquisition/ceagent/reconstruction/run equal
-    where the reference names them; ``desc-reference`` preferred among several). With
+    """Return ``images`` with ``reference`` set to a matching ``*_dseg.nii[.gz]`` found in
+    ``roots`` (same subject and session; acquisition/ceagent/reconstruction/run equal where the
+    reference names them; among several, ``desc-reference`` first, then by path). With
     ``required`` (an explicit ``--reference-derivatives``), a root without any dseg is an error.
     """
     from bids import BIDSLayout

@@ -119,10 +119,18 @@ def test_log_lines_without_tty(tmp_path):
     assert "step 2/2" in stream.getvalue()
 
 
+def test_phases_with_hyper_every():
+    cfg = _config(steps=6, warmup_steps=2, hyper_every=2)
+    assert [cfg.phase(i) for i in range(6)] == ["synth", "synth", "l2s", "synth", "l2s", "synth"]
+    assert [_config(steps=3).phase(i) for i in range(3)] == ["synth", "l2s", "l2s"]
+
+
 def test_bad_config_and_missing_data(tmp_path):
     with pytest.raises(ValueError):
         TrainConfig(method="magic")
     with pytest.raises(ValueError):
         TrainConfig(ndim=3, patch_size=(8, 8))
+    with pytest.raises(ValueError):
+        TrainConfig(hyper_every=0)
     with pytest.raises(ValueError, match="real"):
         train(_config(), label_maps=_maps(2, 0), out_dir=tmp_path, label_table=_table())

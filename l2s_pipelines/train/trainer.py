@@ -5,6 +5,8 @@ Methods (``TrainConfig.method``):
 - ``l2s-parametric`` / ``l2s-nonparametric``: ``warmup_steps`` plain synthetic steps (augmenter
   applied at its start values, no theta update), then Learn2Synth iterations
   (:func:`l2s_pipelines.train.hypergrad.l2s_iteration`). Real scans only give gradients to theta.
+  ``hyper_every = k > 1`` (a deviation from the paper, off by default) makes only every k-th
+  step a Learn2Synth iteration and the others plain synthetic steps through the current augmenter.
 - ``synthseg``: plain synthetic steps. ``oracle``: synthetic images passed through the true
   corruption (``oracle_noise_sigma`` or a ``corruption`` callable).
 - ``mixed``: after the warm-up, a proportion ``mix_proportion`` of every batch is real.
@@ -56,6 +58,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_theta: float = 1e-3
     alpha: float = 1.0
+    hyper_every: int = 1  # >1 is a named deviation from the paper: hypergradient every k-th step
     inner_optimizer: str = "adam"
     loss: str = "dice+ce"
     mix_proportion: float = 0.25
@@ -81,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         if len(self.patch_size) != self.ndim:
             raise ValueError(f"patch_size {self.patch_size} does not have ndim={self.ndim} entries")
+        if self.hyper_every < 1:
+            raise ValueError(f"hyper_every must be >= 1, got {self.hyper_every}")
         if not 0 <= self.mix_proportion <= 1:
             raise ValueError(f"mix_proportion must lie in [0, 1], got {self.mix_proportion}")
 
@@ -94,7 +99,7 @@ class TrainConfig:
         if m == "supervised" or (m == "finetune" and step >= self.steps):
             return "real"
         if m in ("l2s-parametric", "l2s-nonparametric") and step >= self.warmup_steps:
-            return "l2s"
+            return "l2s" if (step - self.warmup_steps) % self.hyper_every == 0 else "synth"
         if m == "mixed" and step >= self.warmup_steps:
             return "mixed"
         return "synth"

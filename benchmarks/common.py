@@ -1,0 +1,72 @@
+"""Shared helpers of the training benchmarks (bench_l2s_step, noise_recovery, table2_dice).
+
+Data of the synthetic experiments (paper Tables 1-2): 2D axial slices of the 20 label maps in
+``/work/shared/data/label_maps`` resampled to 2 mm (about 96-128 voxels across), split by subject
+so that source, "real" and held-out test images never share a subject.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(os.environ.get("L2S_DATA", "/work/shared/data"))
+RESULTS = Path(__file__).resolve().parent / "results"
+#: the paper's 2D UNet (about 0.27 M parameters with 24 classes)
+PAPER_UNET = {"widths": [16, 24, 32, 48, 64], "convs_per_level": 2, "activation": "elu", "norm": "none"}
+#: subject split of the 20 label maps: source (segmenter's synthetic data), "real", held-out test
+SPLIT = {"source": range(1, 11), "real": range(11, 16), "test": range(16, 21)}
+
+
+def label_map_paths(part: str) -> list[Path]:
+    return [DATA / "label_maps" / f"training_seg_{i:02d}.nii.gz" for i in SPLIT[part]]
+
+
+def load_slices(part: str, voxel_size: float = 2.0, plane: str = "axial"):
+    """``LabelMapDataset`` of 2D slices of one part of the split (loaded once per call)."""
+    from l2s_pipelines.io.nifti import LabelMapDataset
+    return LabelMapDataset(label_map_paths(part), voxel_size=voxel_size, ndim=2, plane=plane)
+
+
+def synthetic_pairs(label_maps, generator_cfg: dict, patch_size, corruption=None):
+    """RealPairDataset-like stand-in: synthetic images of ``label_maps`` then ``corruption``."""
+    from l2s_pipelines.synth import SynthConfig, SynthGenerator
+    from l2s_pipelines.train.data import CorruptedSyntheticPairs, SyntheticSource
+    synth = SynthGenerator(SynthConfig.from_dict(dict(generator_cfg, patch_size=list(patch_size))))
+    return CorruptedSyntheticPairs(SyntheticSource(label_maps, synth), corruption)
+
+
+def no_noise_generator() -> dict:
+    """SynthSeg-style generator configuration with the noise step switched off."""
+    from l2s_pipelines.synth import SynthConfig
+    return SynthConfig(noise=False).to_dict()
+
+
+@torch.no_grad()
+def mean_dice_on(model, x: torch.Tensor, y: torch.Tensor, num_classes: int, chunk: int = 8) -> float:
+    """Mean over images of the mean per-structure hard Dice (background excluded)."""
+    from l2s_pipelines.nn.losses import mean_dice
+    model.eval()
+    pred = torch.cat([model(x[i:i + chunk]).argmax(1) for i in range(0, x.shape[0], chunk)])
+    scores = [mean_dice(pred[i], y[i], num_classes) for i in range(x.shape[0])]
+    scores = [s for s in scores if s == s]
+    return float(sum(scores) / len(scores))
+
+
+def environment() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor()
+            or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return path

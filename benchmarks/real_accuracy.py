@@ -105,17 +105,27 @@ def score_image(segmenter, img, ref_img) -> dict:
     from l2s_pipelines import metrics
 
     t0 = time.perf_counter()
-    res = segmenter.segment(img)
+    res = segmenter.segment(img, return_posteriors=False)
     runtime = time.perf_counter() - t0
     ref = np.asarray(ref_img.dataobj).astype(np.int16)
     pred = np.asarray(res.dseg)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction grid {pred.shape} differs from reference {ref.shape}")
-    rows = metrics.dice_scores(pred, ref, res.labels, ignore_value=255)
+    table = scoring_table(res.label_table)
+    rows = metrics.dice_scores(pred, ref, table, ignore_value=255)
     return {"dice": {r["name"]: r["dice"] for r in rows if r["index"] != 0},
             "mean_dice": metrics.mean_dice(rows),
-            "tissue_dice": metrics.tissue_dice(pred, ref, res.labels, ignore_value=255, tissues=TISSUES),
+            "tissue_dice": metrics.tissue_dice(pred, ref, table, ignore_value=255, tissues=TISSUES),
             "runtime_s": runtime}
+
+
+def scoring_table(table):
+    """The model's label table, or SynthSeg 2.0's default table when the values are the same
+    (a manifest without tissue classes would otherwise put every label in one tissue)."""
+    from l2s_pipelines.labels import LabelTable
+
+    default = LabelTable.default()
+    return default if list(table.values) == list(default.values) else table
 
 
 def _nanmean(values) -> float:

@@ -247,6 +247,15 @@ def cumulative_wall_time(records: list[dict]) -> float | None:
     return None if last is None else total + last
 
 
+def complete_labels(labels: list[dict]) -> list[dict]:
+    """Fill ``abbreviation``, ``lr_partner`` and ``tissue`` of manifest label entries from
+    SynthSeg 2.0's default table (by label value) where absent; other entries unchanged."""
+    from l2s_pipelines.labels import LabelTable
+
+    default = {d["index"]: d for d in LabelTable.default().to_dict()["labels"]}
+    return [{**default.get(int(lab["index"]), {}), **lab} for lab in labels]
+
+
 def finalize_package(spec: dict, result: dict) -> Path:
     """Complete the trained package's manifest and copy the training curves into it.
 
@@ -274,6 +283,7 @@ def finalize_package(spec: dict, result: dict) -> Path:
     planes = cfg.get("planes") or []
     if len(planes) > 1:
         manifest["inference"] = dict(manifest.get("inference", {}), mode="2.5d", planes=list(planes))
+    manifest["labels"] = complete_labels(manifest["labels"])
     training["planes"] = list(planes)
     # subjects whose labels shaped the weights; validation-only subjects are listed separately
     training["tune_subjects"] = ([p["subject"] for p in spec["real_train"]]

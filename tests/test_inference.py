@@ -187,3 +187,21 @@ def test_blended_model_space_posteriors_are_normalised_before_renormalisation(tm
         torch.testing.assert_close(out, whole, atol=1e-5, rtol=0)
         predict_planes(net2, vol, out, ["axial", "sagittal"], activation_budget_bytes=1)  # batch of 1
         torch.testing.assert_close(out.sum(0), torch.ones(vol.shape), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_exact_copy_path_equals_interpolation(shift):
+    """Permuted/flipped grids (shift=4: partly outside the model grid, clamped) give the same
+    values through the copy path as through grid_sample."""
+    from l2s_pipelines.inference.resample import signed_permutation
+    post = torch.softmax(torch.randn(3, 7, 6, 5), 0)
+    model_affine = oblique_affine()
+    to_model = np.array([[0, 0, -1, 4 + shift], [1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1.0]])
+    native_affine = model_affine @ to_model
+    assert signed_permutation(np.linalg.inv(model_affine) @ native_affine) is not None
+    shape = (6, 5, 5)
+    fast = torch.cat([p for _, _, p in native_slabs(post, model_affine, shape, native_affine, max_slab_bytes=200)], 1)
+    slow = torch.cat([p for _, _, p in native_slabs(post, model_affine, shape, native_affine, exact=False)], 1)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    # native voxel (0, 0, 0) -> model voxel (4 + shift, 0, 1), clamped to the grid's last index 6
+    torch.testing.assert_close(fast[:, 0, 0, 0], post[:, min(4 + shift, 6), 0, 1])

@@ -230,9 +230,10 @@ class Segmenter:
         posteriors = np.empty((*shape, len(self.labels)), dtype=np.float32) if return_posteriors else None
         values = self._values.to(self.device)
         for x0, x1, probs in native_slabs(post, model_affine, shape, native_affine):
-            dseg[x0:x1] = values[probs.argmax(0)].cpu().numpy()
+            probs = probs.permute(1, 2, 3, 0).contiguous()  # channels last: faster argmax and copy
+            dseg[x0:x1] = values[probs.argmax(-1)].cpu().numpy()
             if posteriors is not None:
-                posteriors[x0:x1] = probs.permute(1, 2, 3, 0).cpu().numpy()
+                posteriors[x0:x1] = probs.cpu().numpy()
         t["to_native"] = time.perf_counter() - t1
         t["total"] = time.perf_counter() - t0
         return SegmentationResult(dseg=dseg, posteriors=posteriors, label_table=self.labels,

@@ -78,6 +78,7 @@ class TrainConfig:
     name: str = ""
     tune_subjects: tuple[str, ...] = ()
     command: str = ""
+    generation_labels: str | None = None  # TSV label -> generation class (None: one per L/R pair)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -148,7 +149,8 @@ def _synthetic_source(config: TrainConfig, label_maps, label_table, device) -> S
     gcfg = dict(config.generator)
     gcfg["patch_size"] = list(config.patch_size)
     gcfg.setdefault("percentiles", list(config.percentiles))
-    return SyntheticSource(label_maps, SynthGenerator(SynthConfig.from_dict(gcfg), label_table), device)
+    return SyntheticSource(label_maps, SynthGenerator(SynthConfig.from_dict(gcfg), label_table,
+                                                          generation=config.generation_labels), device)
 
 
 class _Run:

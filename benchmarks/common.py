@@ -70,3 +70,44 @@ def write_json(path: Path, data) -> Path:
     tmp.replace(path)
     print(f"wrote {path}")
     return path
+
+
+def add_budget_args(parser, *, steps: int, warmup: int, batch: int, patch: int):
+    """Budget options shared by the synthetic experiments; ``--quick`` = a smoke-sized run."""
+    parser.add_argument("--steps", type=int, default=steps, help="training steps per run (incl. warm-up)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="plain synthetic warm-up steps")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--patch", type=int, default=patch, help="square 2D patch side (voxels of 2 mm)")
+    parser.add_argument("--lr-theta", type=float, default=1e-2, help="Adam learning rate of the augmenter")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 12 steps, 4 warm-up, batch 2, 64^2")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the runs' outputs (default: temporary)")
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def apply_quick(args, name: str) -> None:
+    """Shrink the budget for ``--quick`` and choose the output path (``*_quick.json`` when quick)."""
+    if args.quick:
+        args.steps, args.warmup, args.batch, args.patch = 12, 4, 2, 64
+    if args.out is None:
+        args.out = RESULTS / (f"{name}_quick.json" if args.quick else f"{name}.json")
+    torch.set_num_threads(args.threads)
+
+
+def base_config(args, **kw):
+    """TrainConfig of the synthetic experiments: paper UNet, Adam 1e-3, Dice + CE, 2 mm, axial."""
+    from l2s_pipelines.train.trainer import TrainConfig
+    cfg = dict(ndim=2, plane="axial", patch_size=(args.patch, args.patch), batch_size=args.batch,
+               steps=args.steps, warmup_steps=args.warmup, lr=1e-3, lr_theta=args.lr_theta,
+               inner_optimizer="adam", loss="dice+ce", eval_every=max(args.steps, 1),
+               checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 20), seed=args.seed,
+               unet=dict(PAPER_UNET), generator=no_noise_generator(), voxel_size_mm=(2.0, 2.0, 2.0))
+    cfg.update(kw)
+    return TrainConfig(**cfg)
+
+
+def run_dir(args, name: str) -> Path:
+    import tempfile
+    root = args.work or Path(tempfile.mkdtemp(prefix="l2s-bench-"))
+    return root / name

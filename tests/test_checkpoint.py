@@ -55,46 +55,40 @@ def test_loading_never_unpickles(package, monkeypatch):
     assert isinstance(model, UNet)
 
 
-def test_corrupt_weights_named(package):
+def _flip_tail_bytes(data: bytes) -> bytes:
+    return data[:-64] + bytes(x ^ 0xFF for x in data[-64:-32]) + data[-32:]
+
+
+@pytest.mark.parametrize("damage,message", [(_flip_tail_bytes, "sha256 mismatch"),
+                                            (lambda data: data[:-100], "truncated")])
+def test_damaged_weights_named(package, damage, message):
     path, _ = package
     wfile = path / "model.safetensors"
-    data = bytearray(wfile.read_bytes())
-    for i in range(len(data) - 64, len(data) - 32):
-        data[i] ^= 0xFF
-    wfile.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="sha256 mismatch") as exc:
+    wfile.write_bytes(damage(wfile.read_bytes()))
+    with pytest.raises(ModelError, match=message) as exc:
         checkpoint.load_model_package(path)
     assert str(wfile) in str(exc.value)
 
 
-def test_truncated_weights_named(package):
-    path, _ = package
-    wfile = path / "model.safetensors"
-    wfile.write_bytes(wfile.read_bytes()[:-100])
-    with pytest.raises(ModelError, match="truncated") as exc:
-        checkpoint.load_model_package(path)
-    assert str(wfile) in str(exc.value)
+def _drop_last_label(m):
+    m["labels"] = m["labels"][:-1]
 
 
-def test_label_count_mismatch(package):
-    path, _ = package
-    mpath = path / "manifest.json"
-    manifest = json.loads(mpath.read_text())
-    manifest["labels"] = manifest["labels"][:-1]
-    mpath.write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="out_channels") as exc:
-        checkpoint.load_model_package(path)
-    assert str(mpath) in str(exc.value)
+def _widen(m):
+    m["architecture"]["widths"] = [4, 16]
 
 
-def test_architecture_mismatch(package):
+@pytest.mark.parametrize("edit,message,named", [(_drop_last_label, "out_channels", "manifest.json"),
+                                                (_widen, "do not match", "model.safetensors")])
+def test_manifest_inconsistent_with_weights(package, edit, message, named):
     path, _ = package
     mpath = path / "manifest.json"
     manifest = json.loads(mpath.read_text())
-    manifest["architecture"]["widths"] = [4, 16]
+    edit(manifest)
     mpath.write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="do not match"):
+    with pytest.raises(ModelError, match=message) as exc:
         checkpoint.load_model_package(path)
+    assert str(path / named) in str(exc.value)
 
 
 @pytest.mark.parametrize("breakage", ["no_folder", "no_manifest", "bad_json", "no_weights"])

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-every", type=int, default=None, metavar="STEPS")
     add("--name", default=None, help="model name recorded in the manifest (default: folder name)")
     add("--plugin", choices=("cf", "debug", "slurm"), default="cf", help="Pydra worker")
-    add("--sbatch-args", default="", help="extra sbatch arguments for --plugin slurm")
+    add("--sbatch-args", default="", help="extra sbatch arguments for --plugin slurm; write --sbatch-args=\"--time=04:00:00 ...\"")
     add("--nthreads", type=int, default=None, help="torch threads in the training task")
     add("-w", "--work-dir", type=Path, default=None,
         help="Pydra cache and default run folder (default: MODEL_DIR/../.l2s-train-work/NAME)")

@@ -138,3 +138,17 @@ def test_cumulative_wall_time_sums_resumed_sessions():
             {"step": 3, "time": 1.0}]
     assert cumulative_wall_time(recs) == pytest.approx(3.5)
     assert cumulative_wall_time([]) is None
+
+
+def test_slurm_plugin_with_standin_scheduler(label_maps, tmp_path, monkeypatch):
+    """Pydra's slurm worker submits the training job (stand-in sbatch runs it locally)."""
+    standins = Path(__file__).parent / "hpc_standins"
+    monkeypatch.setenv("PATH", f"{standins}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HPC_STANDIN_STATE", str(tmp_path / "scheduler"))
+    out = tmp_path / "model"
+    rc = main(["--label-maps", str(label_maps), "--method", "synthseg", "--steps", "1",
+               "--plugin", "slurm", "--sbatch-args=--time=00:05:00", "-o", str(out), *TINY])
+    assert rc == 0
+    submitted = [p.read_text() for p in (tmp_path / "scheduler").glob("*.args")]
+    assert len(submitted) == 1 and submitted[0].startswith("--time=00:05:00")
+    assert json.loads((out / "manifest.json").read_text())["training"]["steps"] == 1

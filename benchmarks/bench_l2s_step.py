@@ -142,7 +142,7 @@ def main(argv=None):
     result = {
         "network": {"widths": PAPER_UNET["widths"], "params": sum(q.numel() for q in bench.net.parameters()),
                     "classes": args.classes},
-        "batch": [args.batch, 1, *args.shape], "repeats": repeats,
+        "batch": [args.batch, 1, *args.shape], "repeats": repeats, "quick": bool(args.quick),
         "plain_step_s": med["plain"], "l2s_iteration_s": med["l2s"], "time_ratio": med["l2s"] / med["plain"],
         "times_s": times,
         "memory_method": "psutil RSS sampled every 0.2 ms during one step minus RSS just before it, each variant in a fresh process",

@@ -59,7 +59,8 @@ def mean_dice_on(model, x: torch.Tensor, y: torch.Tensor, num_classes: int, chun
 
 
 def environment() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor()
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+            "cpu": platform.processor()
             or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

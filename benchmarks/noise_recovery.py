@@ -7,9 +7,10 @@ sigma: 0, 0.05, 0.10, 0.15, or per image U[0.025, 0.2]. Learn2Synth (parametric 
 noise only, ``sigma = softplus(s)`` starting at ``--sigma-init``) trains the segmenter; the
 inferred sigma is the augmenter's final value. Published: 0.001 / 0.042 / 0.098 / 0.146 / 0.134.
 
-Budget (default): 600 steps of which 200 warm-up, batch 8 x 96 x 96, paper UNet, 1 thread:
-about 0.5-1 s per Learn2Synth step on one core here, so roughly 5-10 min per preset, 30-50 min
-for the five presets. ``--quick``: 12 steps, to check the script runs.
+Budget (default): 400 steps of which 150 warm-up, batch 4 x 96 x 96, paper UNet (33 classes),
+1 thread. Measured on one core here (bench_l2s_step.py --shape 96 96 --classes 33 --threads 1):
+0.47 s per Learn2Synth iteration, 0.12 s per plain step, so about 3-4 min per preset with the
+generator, 15-20 min for the five presets. ``--quick``: 12 steps, to check the script runs.
 
     .venv/bin/python benchmarks/noise_recovery.py [--quick] [--steps N] [--seed S]
 Writes ``benchmarks/results/noise_recovery.json`` (``noise_recovery_quick.json`` with --quick):

@@ -9,8 +9,9 @@ per-structure hard Dice (33 SynthSeg 2.0 labels, background excluded; not micro-
 N does not depend on sigma: it is trained once and scored at every sigma.
 Published (N / L / O): 0.31 / 0.89 / 0.89, 0.21 / 0.86 / 0.86, 0.14 / 0.84 / 0.84.
 
-Budget (default): 600 steps (200 warm-up for L), batch 8 x 96 x 96, paper UNet, 1 thread: about
-7 trainings x 5-10 min on one core here. ``--quick``: 12 steps, to check the script runs.
+Budget (default): 400 steps (150 warm-up for L), batch 4 x 96 x 96, paper UNet, 1 thread: 3 L
+runs of about 3-4 min and 4 N/O runs of about 1 min on one core here (0.47 s per Learn2Synth
+iteration, 0.12 s per plain step), about 15 min in all. ``--quick``: 12 steps, to check the script runs.
 
     .venv/bin/python benchmarks/table2_dice.py [--quick] [--steps N] [--seed S]
 Writes ``benchmarks/results/table2_dice.json`` (``table2_dice_quick.json`` with --quick): a list

@@ -73,6 +73,7 @@ class TrainConfig:
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
     augmenter: dict = field(default_factory=dict)
     generator: dict = field(default_factory=dict)
+    generation_labels: str | None = None  # TSV of label -> generation class (None: one per label)
     voxel_size_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
     percentiles: tuple[float, float] = (1.0, 99.0)
     name: str = ""

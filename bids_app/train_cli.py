@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
              "subjects); never put the scored subjects here unless you mean it")
     add("--method", choices=METHODS, default="l2s-parametric")
     add("--ndim", type=int, choices=(2, 3), default=2)
-    add("--plane", choices=PLANES + ("all",), default="axial",
-        help="2D slicing plane; 'all' trains on slices of the three planes (2.5D inference)")
+    add("--plane", nargs="+", choices=PLANES + ("all",), default=["axial"],
+        help="2D slicing plane(s); several planes (or 'all' = the three) train one network on "
+             "slices of each and fuse them at inference (2.5D). Sagittal slices hold no "
+             "left-right cue: the left-right flip augmentation is then switched off")
     add("--voxel-size", type=float, default=1.0, metavar="MM", help="isotropic training voxel size (mm)")
     add("--patch-size", type=int, nargs="+", default=None, metavar="N",
         help="patch size in voxels (one value for all axes, or one per axis)")
@@ -191,8 +193,9 @@ def build_spec(args, argv: list[str]) -> dict:
     ``generation_labels``, ``real_train``/``real_val`` (see :func:`collect_real_pairs`),
     ``out_dir`` (the trainer's run folder), ``model_dir`` and ``command``.
     """
-    if args.ndim == 3 and args.plane != "axial":
-        raise InputError(f"--plane {args.plane}: planes apply to 2D training only (--ndim 2)")
+    planes = list(PLANES) if "all" in args.plane else list(dict.fromkeys(args.plane))
+    if args.ndim == 3 and planes != ["axial"]:
+        raise InputError(f"--plane {' '.join(args.plane)}: planes apply to 2D training only (--ndim 2)")
     maps, gen = collect_label_maps(args.label_maps, args.generation_labels)
     tune, val = list(args.tune_participant_label), args.val_participant_label
     if args.method in NEEDS_REAL and not tune:
@@ -213,9 +216,11 @@ def build_spec(args, argv: list[str]) -> dict:
     if args.resume and not (run_dir / "checkpoint").is_dir():
         raise InputError(f"{run_dir / 'checkpoint'}: --resume given but there is no checkpoint "
                          f"to resume from (pass the --run-dir of the interrupted run)")
-    planes = list(PLANES) if args.plane == "all" else [args.plane]
     config = {
         "method": args.method, "ndim": args.ndim, "planes": planes if args.ndim == 2 else [],
+        # the generator flips the first in-plane axis (left-right in axial and coronal slices;
+        # anterior-posterior in sagittal ones, where a flip with a label swap would be wrong)
+        "generator": {"flip": False} if args.ndim == 2 and "sagittal" in planes else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
         "lr_theta": args.lr_theta, "widths": args.widths, "device": args.device,

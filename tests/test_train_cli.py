@@ -152,3 +152,20 @@ def test_slurm_plugin_with_standin_scheduler(label_maps, tmp_path, monkeypatch):
     submitted = [p.read_text() for p in (tmp_path / "scheduler").glob("*.args")]
     assert len(submitted) == 1 and submitted[0].startswith("--time=00:05:00")
     assert json.loads((out / "manifest.json").read_text())["training"]["steps"] == 1
+
+
+@pytest.mark.parametrize("planes, expected, flip_off", [
+    (["axial", "coronal"], ["axial", "coronal"], False),
+    (["all"], ["axial", "coronal", "sagittal"], True),
+    (["sagittal"], ["sagittal"], True),
+])
+def test_planes_and_left_right_flip(planes, expected, flip_off, label_maps, tmp_path):
+    """Sagittal slices have no left-right axis: the generator's flip (first in-plane axis,
+    with a left/right label swap) must be off whenever they are trained on."""
+    from l2s_pipelines.bids_app.train_cli import build_parser, build_spec
+
+    argv = ["--label-maps", str(label_maps), "--method", "synthseg", "--plane", *planes,
+            "-o", str(tmp_path / "model")]
+    spec = build_spec(build_parser().parse_args(argv), argv)
+    assert spec["config"]["planes"] == expected
+    assert (spec["config"]["generator"] == {"flip": False}) is flip_off

@@ -79,7 +79,6 @@ class TrainConfig:
     name: str = ""
     tune_subjects: tuple[str, ...] = ()
     command: str = ""
-    generation_labels: str | None = None  # TSV label -> generation class (None: one per L/R pair)
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -6,6 +6,10 @@ anisotropic voxels. Sampling is trilinear and done in slabs along the native fir
 one slab of native posteriors and the part of the model grid it touches are in float32 at once.
 When native voxels fall exactly on model voxels (same voxel size, only axis permutations and
 flips: the usual case of a 1 mm scan and a 1 mm model) values are copied, not interpolated.
+
+The posteriors may cover only a box of the model grid (``box_origin``): every model voxel
+outside the box is background (channel 0) with probability 1, so the result is the same as
+with a full-grid buffer holding that one-hot background, without its memory.
 """
 
 from __future__ import annotations
@@ -38,72 +42,112 @@ def signed_permutation(m: np.ndarray, tol: float = 1e-4):
     return perm.tolist(), sign.astype(int).tolist(), np.round(offset).astype(int).tolist()
 
 
-def _copy_slabs(post, mapping, native_shape, chunk):
+def _background_slab(k: int, shape, device) -> torch.Tensor:
+    """``(K, *shape)`` float32: probability 1 for channel 0 (background), 0 elsewhere."""
+    out = torch.zeros((k, *shape), dtype=torch.float32, device=device)
+    out[0] = 1
+    return out
+
+
+def _take(x: torch.Tensor, axis: int, idx: np.ndarray) -> torch.Tensor:
+    """``x`` at indices ``idx`` along ``axis``: a narrowed (flipped) view when ``idx`` steps by
+    +-1, a gathered copy otherwise (clamped indices beyond the model grid)."""
+    step = np.diff(idx)
+    if len(idx) > 1 and np.all(step == step[0]) and abs(step[0]) == 1:
+        a = int(idx.min())
+        view = x.narrow(axis, a, len(idx))
+        return view.flip(axis) if step[0] < 0 else view
+    if len(idx) == 1:
+        return x.narrow(axis, int(idx[0]), 1)
+    return x.index_select(axis, torch.as_tensor(idx, device=x.device))
+
+
+def _copy_slabs(post, mapping, native_shape, chunk, origin, model_shape):
     """Exact path of :func:`native_slabs`: slicing and flips (indices clamped to the grid)."""
     perm, sign, offset = mapping
-    view = post.permute(0, 1 + perm[0], 1 + perm[1], 1 + perm[2])  # model axes in native order
-
-    def take(x: torch.Tensor, axis: int, lo: int, hi: int) -> torch.Tensor:
-        """Native indices lo..hi-1 along ``axis`` (1-based tensor dim) -> model values."""
-        s, o, n = sign[axis - 1], offset[axis - 1], x.shape[axis]
-        first, last = s * lo + o, s * (hi - 1) + o
-        a, b = min(first, last), max(first, last)
-        if a < 0 or b >= n:  # partly outside the model grid: clamp (rare, slow path)
-            idx = (s * torch.arange(lo, hi, device=x.device) + o).clamp(0, n - 1)
-            return x.index_select(axis, idx)
-        x = x.narrow(axis, a, b - a + 1)
-        return x.flip(axis) if s < 0 else x
-
+    view = post.permute(0, 1 + perm[0], 1 + perm[1], 1 + perm[2])  # box axes in native order
+    local, inside = [], []  # per native axis: box-local model index, and the native range inside
+    for a in range(3):
+        idx = np.clip(sign[a] * np.arange(native_shape[a]) + offset[a], 0, model_shape[perm[a]] - 1)
+        idx = idx - origin[perm[a]]
+        ok = np.flatnonzero((idx >= 0) & (idx < view.shape[1 + a]))  # contiguous: idx is monotone
+        local.append(idx)
+        inside.append((int(ok[0]), int(ok[-1]) + 1) if len(ok) else (0, 0))
+    (y0, y1), (z0, z1) = inside[1], inside[2]
     for x0 in range(0, native_shape[0], chunk):
         x1 = min(native_shape[0], x0 + chunk)
-        probs = take(take(take(view, 1, x0, x1), 2, 0, native_shape[1]), 3, 0, native_shape[2]).float()
-        probs /= probs.sum(0, keepdim=True).clamp_min(1e-8)
+        probs = _background_slab(post.shape[0], (x1 - x0, *native_shape[1:]), post.device)
+        a0, a1 = max(x0, inside[0][0]), min(x1, inside[0][1])
+        if a0 < a1 and y0 < y1 and z0 < z1:
+            block = _take(_take(_take(view, 1, local[0][a0:a1]), 2, local[1][y0:y1]), 3, local[2][z0:z1])
+            probs[:, a0 - x0:a1 - x0, y0:y1, z0:z1] = block
+            probs /= probs.sum(0, keepdim=True).clamp_min(1e-8)
         yield x0, x1, probs
 
 
+def _inside_weight(local: torch.Tensor, box_shape: torch.Tensor) -> torch.Tensor:
+    """Trilinear weight that falls inside the box, ``(..., 3)`` box-local coordinates ->
+    ``(...)``: per axis ``clamp(min(c + 1, n - c), 0, 1)``, multiplied over axes."""
+    w = torch.minimum(local + 1, box_shape - local).clamp(0, 1)
+    return w.prod(-1)
+
+
 def native_slabs(post: torch.Tensor, model_affine, native_shape, native_affine, *,
-                 max_slab_bytes: int = 256 << 20, exact: bool = True) -> Iterator[tuple[int, int, torch.Tensor]]:
+                 max_slab_bytes: int = 256 << 20, exact: bool = True, box_origin=None,
+                 model_shape=None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(x0, x1, probs)`` covering the native grid slab by slab.
 
     Parameters
     ----------
-    post : (K, *model_shape) posteriors on the model grid (any float dtype, any device).
-    model_affine, native_affine : 4x4 voxel -> world (mm) matrices.
+    post : (K, *box_shape) posteriors on the model grid or a box of it (any float dtype, any
+        device); channel 0 is background.
+    model_affine, native_affine : 4x4 voxel -> world (mm) matrices (model: of the full grid).
     native_shape : (X, Y, Z) of the native grid.
     max_slab_bytes : bound on one slab's float32 posteriors ``K * (x1 - x0) * Y * Z * 4``.
     exact : copy values when voxel centres coincide (see :func:`signed_permutation`); False
         always interpolates (same result, slower).
+    box_origin : model voxel index of ``post[:, 0, 0, 0]`` (default: 0, 0, 0); voxels of the
+        model grid outside the box are background with probability 1.
+    model_shape : shape of the full model grid (default: ``post.shape[1:]``).
 
     ``probs`` is ``(K, x1 - x0, Y, Z)`` float32 on ``post``'s device, trilinearly interpolated
     (coordinates beyond the model grid clamp to its border) and renormalised to sum to 1.
     """
     k = post.shape[0]
     nx, ny, nz = (int(n) for n in native_shape)
+    origin = [int(o) for o in (box_origin if box_origin is not None else (0, 0, 0))]
+    full = [int(n) for n in (model_shape if model_shape is not None else post.shape[1:])]
     chunk = max(1, int(max_slab_bytes // (4 * k * ny * nz)))
     mapping = signed_permutation(native_to_model_matrix(native_affine, model_affine)) if exact else None
     if mapping is not None:
-        yield from _copy_slabs(post, mapping, (nx, ny, nz), chunk)
+        yield from _copy_slabs(post, mapping, (nx, ny, nz), chunk, origin, full)
         return
-    model_shape = torch.tensor(post.shape[1:], dtype=torch.float64, device=post.device)
-    m = torch.as_tensor(native_to_model_matrix(native_affine, model_affine), device=post.device)
-    jy = torch.arange(ny, dtype=torch.float64, device=post.device)
-    kz = torch.arange(nz, dtype=torch.float64, device=post.device)
+    dev = post.device
+    box = torch.tensor(post.shape[1:], dtype=torch.float64, device=dev)
+    top = torch.tensor(full, dtype=torch.float64, device=dev) - 1
+    org = torch.tensor(origin, dtype=torch.float64, device=dev)
+    m = torch.as_tensor(native_to_model_matrix(native_affine, model_affine), device=dev)
+    jy = torch.arange(ny, dtype=torch.float64, device=dev)
+    kz = torch.arange(nz, dtype=torch.float64, device=dev)
     for x0 in range(0, nx, chunk):
         x1 = min(nx, x0 + chunk)
-        ix = torch.arange(x0, x1, dtype=torch.float64, device=post.device)
+        ix = torch.arange(x0, x1, dtype=torch.float64, device=dev)
         ijk = torch.stack(torch.meshgrid(ix, jy, kz, indexing="ij"), dim=-1)  # (c, Y, Z, 3)
-        coords = ijk @ m[:3, :3].T + m[:3, 3]  # model voxel coordinates
-        flat = coords.reshape(-1, 3)
-        lo = torch.floor(flat.amin(0)).clamp(min=0)
-        lo = torch.minimum(lo, model_shape - 1)
-        hi = torch.minimum(torch.ceil(flat.amax(0)).clamp(min=0), model_shape - 1)
-        hi = torch.maximum(hi, lo)
+        local = torch.minimum((ijk @ m[:3, :3].T + m[:3, 3]).clamp(min=0), top) - org  # box voxels
+        del ijk
+        flat = local.reshape(-1, 3)
+        lo = torch.maximum(torch.floor(flat.amin(0)), torch.zeros_like(box))
+        hi = torch.minimum(torch.ceil(flat.amax(0)), box - 1)
+        if bool((hi < lo).any()):  # the slab never touches the box
+            yield x0, x1, _background_slab(k, (x1 - x0, ny, nz), dev)
+            continue
         a, b = lo.long().tolist(), (hi.long() + 1).tolist()
         sub = post[:, a[0]:b[0], a[1]:b[1], a[2]:b[2]].float()[None]  # (1, K, ...)
-        span = (hi - lo).clamp(min=1)
-        norm = 2 * (coords - lo) / span - 1  # align_corners=True: -1 <-> first, +1 <-> last
-        grid = norm[..., [2, 1, 0]].float()[None]  # grid_sample wants (W, H, D) order
-        probs = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border",
-                              align_corners=True)[0]
+        size = (hi - lo + 1)
+        grid = (2 * (local - lo) + 1) / size - 1  # align_corners=False: voxel centres
+        probs = F.grid_sample(sub, grid[..., [2, 1, 0]].float()[None], mode="bilinear",
+                              padding_mode="zeros", align_corners=False)[0]
+        del sub, grid
+        probs[0] += (1 - _inside_weight(local, box)).float()  # model voxels outside the box
         probs /= probs.sum(0, keepdim=True).clamp_min(1e-8)
         yield x0, x1, probs

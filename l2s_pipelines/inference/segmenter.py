@@ -6,6 +6,12 @@ normalisation exactly as at training (:func:`~l2s_pipelines.io.preprocess.normal
 crop to the bounding box of non-zero normalised intensity (plus a margin); prediction (2D slices,
 2.5D = mean of softmax over planes, 3D sliding window); model-space posteriors mapped back to
 the native grid (:mod:`.resample`), renormalised, argmax -> label values.
+
+Memory: the model-space posteriors cover the crop box only (float16 when large), and the native
+result is made slab by slab along the first native axis, accumulating labels, per-label
+posterior sums (soft volumes) and confidence statistics, so no ``(X, Y, Z, K)`` float32 array
+exists unless posteriors are asked for (then float32, or uint8 = 1 byte per value). One byte
+budget bounds the big buffers (:mod:`.memory`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 
 from l2s_pipelines.errors import InputError, ModelError
+from l2s_pipelines.inference.memory import MemoryPlan
 from l2s_pipelines.inference.resample import native_slabs
 from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window
 from l2s_pipelines.io.checkpoint import load_model_package
@@ -62,9 +69,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class SegmentationResult:
     """Output of :meth:`Segmenter.segment`, on the input's native grid.
 
-    dseg : (X, Y, Z) int16 label values. posteriors : (X, Y, Z, K) float32 in label-table order,
-    summing to 1 over K (None if not requested). affine : the input's affine, unchanged.
-    timings_s : seconds per stage (checks, preprocess, predict, to_native, total).
+    dseg : (X, Y, Z) int16 label values.
+    posteriors : (X, Y, Z, K) in label-table order (None if not requested): float32 summing to
+        1 over K, or uint8 holding ``round(255 p)`` when ``posteriors_scale`` is ``1/255``.
+    affine : the input's affine, unchanged. timings_s : seconds per stage (checks, preprocess,
+    predict, to_native, total).
+    soft_sums : (K,) float64 sum over native voxels of each label's posterior (in voxels,
+        computed from float32 posteriors whatever ``posteriors``' dtype); times the voxel
+        volume = soft volumes in mm^3.
+    confidence_sum, confidence_count : sum of the maximum posterior over voxels whose label is
+        not background (value 0), and the number of those voxels (QC low-confidence flag).
     """
 
     dseg: np.ndarray
@@ -74,12 +88,21 @@ class SegmentationResult:
     timings_s: dict = field(default_factory=dict)
     device: str = "cpu"
     header: nib.Nifti1Header | None = None
+    soft_sums: np.ndarray | None = None
+    confidence_sum: float = 0.0
+    confidence_count: int = 0
+    posteriors_scale: float = 1.0
 
-    def _image(self, data: np.ndarray, dtype) -> nib.Nifti1Image:
+    @property
+    def mean_max_posterior(self) -> float:
+        """Mean maximum posterior over non-background voxels (NaN when there are none)."""
+        return self.confidence_sum / self.confidence_count if self.confidence_count else float("nan")
+
+    def _image(self, data: np.ndarray, dtype, slope: float = 1.0) -> nib.Nifti1Image:
         hdr = self.header.copy() if self.header is not None else None
         img = nib.Nifti1Image(data.astype(dtype, copy=False), self.affine, header=hdr)
         img.set_data_dtype(dtype)
-        img.header.set_slope_inter(1.0, 0.0)
+        img.header.set_slope_inter(slope, 0.0)
         img.header["cal_min"], img.header["cal_max"] = 0, 0
         return img
 
@@ -88,9 +111,15 @@ class SegmentationResult:
         return self._image(self.dseg, np.int16)
 
     def probseg_image(self) -> nib.Nifti1Image:
-        """``posteriors`` as a float32 4D NIfTI ``(X, Y, Z, K)``."""
+        """``posteriors`` as a 4D NIfTI ``(X, Y, Z, K)``: float32, or uint8 with the NIfTI
+        scale ``scl_slope = 1/255`` (readers applying it, e.g. nibabel's ``get_fdata``, get
+        probabilities within 1/255; the ``descrip`` field says so)."""
         if self.posteriors is None:
             raise ValueError("posteriors were not requested (return_posteriors=False)")
+        if self.posteriors.dtype == np.uint8:
+            img = self._image(self.posteriors, np.uint8, slope=self.posteriors_scale)
+            img.header["descrip"] = b"probability = value * scl_slope (1/255)"
+            return img
         return self._image(self.posteriors, np.float32)
 
 
@@ -107,7 +136,7 @@ def _check_input(img, name: str) -> np.ndarray:
         raise InputError(f"{name}: empty image of shape {img.shape}")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(f"{name}: the affine is not invertible or not finite")
-    data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape)  # no cached copy in img
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise InputError(f"{name}: contains {bad} NaN or infinite voxel values")
@@ -125,15 +154,21 @@ class Segmenter:
     ----------
     model : UNet in eval mode on ``device``; manifest : the package manifest.
     device : torch.device.
+    memory_budget_bytes : split into the bounds below by :class:`MemoryPlan` (None: defaults
+        made for 1 mm 256^3 images); explicit bounds below override their share.
     activation_budget_bytes : bound on network activations (batch size in 2D, patch in 3D
         when the manifest has no ``inference.patch_size``).
     max_buffer_bytes : model-space posteriors are kept in float32 below this size, float16 above.
+    max_slab_bytes : float32 native posteriors mapped back at once.
     crop_margin_vox : margin around the non-zero bounding box, in model voxels.
+
+    The model-space buffer ``(K, *box)`` covers only the bounding box of non-zero normalised
+    intensity (plus the margin); the rest of the model grid is background with probability 1.
     """
 
-    def __init__(self, model, manifest: dict, device: torch.device, *,
-                 activation_budget_bytes: int = 1 << 30, max_buffer_bytes: int = 1 << 30,
-                 crop_margin_vox: int = 8):
+    def __init__(self, model, manifest: dict, device: torch.device, *, memory_budget_bytes: int | None = None,
+                 activation_budget_bytes: int | None = None, max_buffer_bytes: int | None = None,
+                 max_slab_bytes: int | None = None, crop_margin_vox: int = 8):
         self.model, self.manifest, self.device = model, manifest, device
         self.labels = LabelTable.from_dict(manifest["labels"])
         inf = manifest.get("inference", {})
@@ -150,22 +185,28 @@ class Segmenter:
         pre = manifest["preprocessing"]
         self.voxel_size = tuple(float(v) for v in np.broadcast_to(pre.get("voxel_size_mm", 1.0), (3,)))
         self.percentiles = tuple(pre.get("percentiles", (1, 99)))
-        self.activation_budget_bytes = activation_budget_bytes
-        self.max_buffer_bytes = max_buffer_bytes
+        plan = MemoryPlan.from_budget(memory_budget_bytes)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.activation_budget_bytes = activation_budget_bytes or plan.activation_bytes
+        self.max_buffer_bytes = plan.buffer_float32_max_bytes if max_buffer_bytes is None else max_buffer_bytes
+        self.max_slab_bytes = max_slab_bytes or plan.slab_bytes
+        self.posteriors_float32_max_bytes = plan.posteriors_float32_max_bytes
         self.crop_margin_vox = crop_margin_vox
         self._values = torch.tensor(self.labels.values, dtype=torch.int16)
 
     @classmethod
-    def from_package(cls, path, device: str = "auto", *, threads: int | None = None, **kwargs) -> "Segmenter":
+    def from_package(cls, path, device: str = "auto", *, threads: int | None = None,
+                     memory_budget_bytes: int | None = None, **kwargs) -> "Segmenter":
         """Load a model package (see :func:`load_model_package`) onto ``device``
         (``auto``, ``cpu``, ``cuda``, ``cuda:N``). On CPU, torch uses ``threads`` threads, by
-        default no more than the job's CPU allocation (:func:`cpu_allocation`)."""
+        default no more than the job's CPU allocation (:func:`cpu_allocation`).
+        ``memory_budget_bytes``: see the class docstring and :mod:`.memory`."""
         dev = resolve_device(device)
         if dev.type == "cpu":
             n = threads or min(torch.get_num_threads(), cpu_allocation())
             torch.set_num_threads(max(1, n))
         model, manifest = load_model_package(path, device=dev)
-        return cls(model, manifest, dev, **kwargs)
+        return cls(model, manifest, dev, memory_budget_bytes=memory_budget_bytes, **kwargs)
 
     def _model_space(self, data: np.ndarray, affine: np.ndarray):
         """Native array -> (normalised RAS model-grid tensor on device, model affine)."""
@@ -176,34 +217,52 @@ class Segmenter:
         return normalise_intensity(vol, self.percentiles), model_affine
 
     def _crop_box(self, vol: torch.Tensor) -> tuple[slice, ...]:
-        nz = torch.nonzero(vol > 0)
-        lo = (nz.amin(0) - self.crop_margin_vox).clamp(min=0).tolist()
-        hi = (nz.amax(0) + 1 + self.crop_margin_vox).tolist()
-        return tuple(slice(a, min(b, n)) for a, b, n in zip(lo, hi, vol.shape))
+        """Bounding box of ``vol > 0`` plus the margin (per-axis reductions: no index list)."""
+        mask = vol > 0
+        box = []
+        for axis, n in enumerate(vol.shape):
+            hit = torch.nonzero(mask.any(dim=[d for d in range(vol.ndim) if d != axis]))[:, 0]
+            lo, hi = int(hit[0]) - self.crop_margin_vox, int(hit[-1]) + 1 + self.crop_margin_vox
+            box.append(slice(max(0, lo), min(n, hi)))
+        return tuple(box)
 
-    def predict_model_space(self, vol: torch.Tensor) -> torch.Tensor:
-        """Posteriors ``(K, *vol.shape)`` on the model grid for a normalised volume; voxels
-        outside the non-zero bounding box (+ margin) are background with probability 1."""
-        k = len(self.labels)
-        big = k * vol.numel() * 4 > self.max_buffer_bytes
-        post = torch.zeros((k, *vol.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
-        post[0] = 1
+    def predict_box(self, vol: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Posteriors ``(K, *box_shape)`` over the crop box of a normalised volume ``vol``
+        ``(X, Y, Z)`` and the box origin (model voxel index); outside the box the model grid
+        is background with probability 1. float16 when float32 would exceed
+        ``max_buffer_bytes``."""
         box = self._crop_box(vol)
-        view, sub = post[(slice(None),) + box], vol[box]
+        sub = vol[box]
+        k = len(self.labels)
+        big = k * sub.numel() * 4 > self.max_buffer_bytes
+        post = torch.empty((k, *sub.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
         if self.mode == "3d":
-            predict_sliding_window(self.model, sub, view, patch_size=self.patch_size, overlap=self.overlap,
+            predict_sliding_window(self.model, sub, post, patch_size=self.patch_size, overlap=self.overlap,
                                    blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
         else:
-            predict_planes(self.model, sub, view, self.planes,
+            predict_planes(self.model, sub, post, self.planes,
                            activation_budget_bytes=self.activation_budget_bytes)
-        return post
+        return post, tuple(b.start for b in box)
+
+    def _posteriors_array(self, shape, dtype: str):
+        """Preallocated native posteriors ``(*shape, K)`` (float32 or uint8) and their scale."""
+        k = len(self.labels)
+        if dtype == "auto":
+            dtype = "float32" if int(np.prod(shape)) * k * 4 <= self.posteriors_float32_max_bytes else "uint8"
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"posteriors_dtype {dtype!r}: choose float32, uint8 or auto")
+        return np.empty((*shape, k), dtype=dtype), (1.0 if dtype == "float32" else 1 / 255)
 
     @torch.no_grad()
-    def segment(self, img: nib.Nifti1Image, *, return_posteriors: bool = True,
+    def segment(self, img: nib.Nifti1Image, *, return_posteriors: bool = True, posteriors_dtype: str = "float32",
                 source_name: str | None = None) -> SegmentationResult:
         """Segment ``img`` (3D, or 4D with one volume); see the module docstring for the steps.
 
-        ``source_name`` (default: the image's file name) is used in error messages.
+        The native result is built slab by slab: labels, per-label posterior sums and the
+        confidence statistics are accumulated, so without ``return_posteriors`` no
+        ``(X, Y, Z, K)`` array exists. ``posteriors_dtype``: ``float32``, ``uint8``
+        (``round(255 p)``, 1 byte per value) or ``auto`` (float32 while it fits the memory
+        plan). ``source_name`` (default: the image's file name) is used in error messages.
         Returns a :class:`SegmentationResult` on the input's grid with the input's affine.
         """
         name = source_name or (img.get_filename() if hasattr(img, "get_filename") else None) or "<image>"
@@ -220,25 +279,37 @@ class Segmenter:
                              "every voxel has the same value); nothing to segment")
         t["preprocess"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        post = self.predict_model_space(vol)
+        model_shape = tuple(vol.shape)
+        post, origin = self.predict_box(vol)
         del vol
         self._sync()
         t["predict"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         shape = img.shape[:3]
         dseg = np.empty(shape, dtype=np.int16)
-        posteriors = np.empty((*shape, len(self.labels)), dtype=np.float32) if return_posteriors else None
+        posteriors, scale = self._posteriors_array(shape, posteriors_dtype) if return_posteriors else (None, 1.0)
         values = self._values.to(self.device)
-        for x0, x1, probs in native_slabs(post, model_affine, shape, native_affine):
+        soft = torch.zeros(len(self.labels), dtype=torch.float64, device=self.device)
+        conf_sum, conf_n = 0.0, 0
+        for x0, x1, probs in native_slabs(post, model_affine, shape, native_affine, max_slab_bytes=self.max_slab_bytes,
+                                          box_origin=origin, model_shape=model_shape):
             probs = probs.permute(1, 2, 3, 0).contiguous()  # channels last: faster argmax and copy
-            dseg[x0:x1] = values[probs.argmax(-1)].cpu().numpy()
+            labels = values[probs.argmax(-1)]
+            dseg[x0:x1] = labels.cpu().numpy()
+            soft += probs.reshape(-1, probs.shape[-1]).sum(0, dtype=torch.float64)
+            brain = labels != 0
+            conf_sum += float(probs.amax(-1)[brain].sum(dtype=torch.float64))
+            conf_n += int(brain.sum())
             if posteriors is not None:
-                posteriors[x0:x1] = probs.cpu().numpy()
+                posteriors[x0:x1] = (probs if scale == 1.0 else (probs * 255).round_().to(torch.uint8)).cpu().numpy()
+            del probs, labels, brain
         t["to_native"] = time.perf_counter() - t1
         t["total"] = time.perf_counter() - t0
         return SegmentationResult(dseg=dseg, posteriors=posteriors, label_table=self.labels,
                                   affine=np.array(img.affine), timings_s=t, device=str(self.device),
-                                  header=img.header if isinstance(img, nib.Nifti1Image) else None)
+                                  header=img.header if isinstance(img, nib.Nifti1Image) else None,
+                                  soft_sums=soft.cpu().numpy(), confidence_sum=conf_sum,
+                                  confidence_count=conf_n, posteriors_scale=scale)
 
     def _sync(self):
         if self.device.type == "cuda":

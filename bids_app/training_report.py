@@ -4,7 +4,7 @@ Sections: the model's identity and training record (method, tune and validation 
 budget, command line); curves from the package's ``metrics.jsonl`` (one JSON object per logged
 step with a ``step`` key; keys containing ``loss`` go to the loss plot, keys containing ``dice``
 to the Dice plot, keys starting with ``aug`` or ``theta`` to the augmentation-parameter plot);
-and example images from ``examples.npz`` when present (written by :func:`save_examples`):
+and example images from ``examples.npz`` when present (written by :func:`l2s_pipelines.workflows.training.save_examples`):
 synthetic, augmented and real slices side by side. Figures are PNGs (matplotlib, Agg) in
 ``MODEL_DIR/figures/``, linked from the HTML. numpy + matplotlib only (no torch).
 """
@@ -102,30 +102,6 @@ def _plot(path: Path, data: dict, keys: list[str], ylabel: str, logy: bool = Fal
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def save_examples(path: str | os.PathLike, *, synthetic, augmented, real, real_labels=None,
-                  synthetic_labels=None, step: int | None = None) -> Path:
-    """Store example slices for the report as ``.npz``.
-
-    Parameters
-    ----------
-    synthetic, augmented : arrays ``(N, H, W)`` float in the generator's [0, 1] range: generator
-        output and the augmenter's output for the same draws (``augmented`` = ``synthetic`` for
-        methods without an augmenter).
-    real : array ``(M, H', W')`` float, preprocessed real slices (intensity-normalised).
-    real_labels, synthetic_labels : optional label-value arrays of the same shapes.
-    step : training step the examples were drawn at.
-    """
-    arrays = {"synthetic": np.asarray(synthetic, np.float32), "augmented": np.asarray(augmented, np.float32),
-              "real": np.asarray(real, np.float32), "step": np.array(-1 if step is None else step)}
-    if real_labels is not None:
-        arrays["real_labels"] = np.asarray(real_labels, np.int16)
-    if synthetic_labels is not None:
-        arrays["synthetic_labels"] = np.asarray(synthetic_labels, np.int16)
-    path = Path(path)
-    np.savez_compressed(path, **arrays)
-    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 def _plot_examples(path: Path, npz: Path) -> Path:

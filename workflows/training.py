@@ -181,13 +181,36 @@ def _install_package(src: Path, dst: Path) -> None:
         os.replace(dst / f".{name}.tmp", dst / name)
 
 
+def save_examples(path: str | os.PathLike, *, synthetic, augmented, real, real_labels=None,
+                  synthetic_labels=None, step: int | None = None) -> Path:
+    """Store example slices for the report as ``.npz``.
+
+    Parameters
+    ----------
+    synthetic, augmented : arrays ``(N, H, W)`` float in the generator's [0, 1] range: generator
+        output and the augmenter's output for the same draws (``augmented`` = ``synthetic`` for
+        methods without an augmenter).
+    real : array ``(M, H', W')`` float, preprocessed real slices (intensity-normalised).
+    real_labels, synthetic_labels : optional label-value arrays of the same shapes.
+    step : training step the examples were drawn at.
+    """
+    arrays = {"synthetic": np.asarray(synthetic, np.float32), "augmented": np.asarray(augmented, np.float32),
+              "real": np.asarray(real, np.float32), "step": np.array(-1 if step is None else step)}
+    if real_labels is not None:
+        arrays["real_labels"] = np.asarray(real_labels, np.int16)
+    if synthetic_labels is not None:
+        arrays["synthetic_labels"] = np.asarray(synthetic_labels, np.int16)
+    path = Path(path)
+    np.savez_compressed(path, **arrays)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def save_examples_from_run(path: Path, config, table, label_maps, real, augmenter, *, step: int,
                            n: int = 4, seed: int = 12345) -> Path | None:
     """Draw ``n`` synthetic images (and the augmenter's output for them) and ``n`` real slices
     with a fixed seed, and store them for the training report (middle axial slice in 3D)."""
     import torch
 
-    from l2s_pipelines.bids_app.training_report import save_examples
     from l2s_pipelines.synth import SynthConfig, SynthGenerator
 
     if label_maps is None and real is None:

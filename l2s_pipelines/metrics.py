@@ -73,7 +73,7 @@ def _counts(label_map: np.ndarray, values, mask: np.ndarray | None = None) -> np
     return np.bincount(idx.ravel(), minlength=len(values)).astype(np.float64)
 
 
-def soft_sums(posteriors: np.ndarray, chunk: int = 16) -> np.ndarray:
+def soft_sums_of(posteriors: np.ndarray, chunk: int = 16) -> np.ndarray:
     """Sum of posteriors per channel, ``(*spatial, K)`` -> ``(K,)`` float64, in slabs of
     ``chunk`` along the first axis (bounded temporary memory)."""
     post = np.asarray(posteriors)
@@ -83,16 +83,23 @@ def soft_sums(posteriors: np.ndarray, chunk: int = 16) -> np.ndarray:
     return out
 
 
-def label_volumes(dseg: np.ndarray, posteriors: np.ndarray | None, voxel_volume_mm3, table) -> dict:
+soft_sums = soft_sums_of  # earlier name, kept for callers
+
+
+def label_volumes(dseg: np.ndarray, posteriors: np.ndarray | None, voxel_volume_mm3, table, *,
+                  soft_sums: np.ndarray | None = None) -> dict:
     """Volumes per label.
 
     Parameters
     ----------
     dseg : (*spatial) int array of label values.
-    posteriors : (*spatial, K) float array in table order, or None (soft volumes then NaN and
-        TIV from hard volumes).
+    posteriors : (*spatial, K) float array in table order, or None (soft volumes then from
+        ``soft_sums``, or NaN with TIV from hard volumes when both are None).
     voxel_volume_mm3 : float mm^3, or the image's 4x4 affine.
     table : LabelTable.
+    soft_sums : (K,) posterior sums in voxels, precomputed (e.g.
+        ``SegmentationResult.soft_sums``, accumulated slab by slab); used instead of
+        ``posteriors`` so the full posterior array is not needed.
 
     Returns
     -------
@@ -100,18 +107,24 @@ def label_volumes(dseg: np.ndarray, posteriors: np.ndarray | None, voxel_volume_
     "tiv_mm3": float, "tiv_method": str}``
     """
     vox = voxel_volume(voxel_volume_mm3)
+    k = len(table.values)
     hard = _counts(dseg, table.values) * vox
-    if posteriors is not None:
-        if posteriors.shape[-1] != len(table.values) or posteriors.shape[:-1] != np.shape(dseg):
+    if soft_sums is not None:
+        sums = np.asarray(soft_sums, dtype=np.float64)
+        if sums.shape != (k,):
+            raise ValueError(f"soft_sums of shape {sums.shape} do not match {k} labels")
+        soft = sums * vox
+    elif posteriors is not None:
+        if posteriors.shape[-1] != k or posteriors.shape[:-1] != np.shape(dseg):
             raise ValueError(f"posteriors of shape {posteriors.shape} do not match dseg "
-                             f"{np.shape(dseg)} with {len(table.values)} labels")
-        soft = soft_sums(posteriors) * vox
+                             f"{np.shape(dseg)} with {k} labels")
+        soft = soft_sums_of(posteriors) * vox
     else:
-        soft = np.full(len(table.values), np.nan)
+        soft = np.full(k, np.nan)
     rows = [{"index": int(v), "name": n, "volume_hard_mm3": float(h), "volume_soft_mm3": float(s)}
             for v, n, h, s in zip(table.values, table.names, hard, soft)]
     brain = [i for i, v in enumerate(table.values) if v != 0]
-    if posteriors is not None:
+    if not np.isnan(soft).all():
         tiv, method = float(soft[brain].sum()), TIV_METHOD
     else:
         tiv, method = float(hard[brain].sum()), TIV_METHOD_HARD
@@ -195,11 +208,14 @@ def mean_max_posterior(posteriors: np.ndarray, mask: np.ndarray, chunk: int = 16
     return total / count
 
 
-def qc_flags(dseg: np.ndarray, posteriors: np.ndarray | None, volumes: dict, table) -> list[dict]:
+def qc_flags(dseg: np.ndarray, posteriors: np.ndarray | None, volumes: dict, table, *,
+             mean_confidence: float | None = None) -> list[dict]:
     """Automated QC flags (see the module docstring for names and thresholds).
 
-    ``volumes`` is the output of :func:`label_volumes`. ``posteriors`` may be None (the
-    low-confidence check is then reported with value None, not flagged).
+    ``volumes`` is the output of :func:`label_volumes`. ``mean_confidence``: the precomputed
+    mean maximum posterior over non-background voxels (e.g.
+    ``SegmentationResult.mean_max_posterior``), used instead of ``posteriors``. With neither
+    (``posteriors`` None), the low-confidence check is reported with value None, not flagged.
     """
     dseg = np.asarray(dseg)
     flags = []
@@ -229,7 +245,10 @@ def qc_flags(dseg: np.ndarray, posteriors: np.ndarray | None, volumes: dict, tab
         flags.append(_flag(f"fragmented_{name_of[v]}", frac, FRAGMENT_MIN_FRACTION,
                            not math.isnan(frac) and frac < FRAGMENT_MIN_FRACTION,
                            f"largest 26-connected component of {name_of[v]} as a fraction of its voxels"))
-    conf = mean_max_posterior(posteriors, dseg != 0) if posteriors is not None else math.nan
+    if mean_confidence is not None:
+        conf = float(mean_confidence)
+    else:
+        conf = mean_max_posterior(posteriors, dseg != 0) if posteriors is not None else math.nan
     flags.append(_flag("low_confidence", conf, CONFIDENCE_MIN, not math.isnan(conf) and conf < CONFIDENCE_MIN,
                        "mean maximum posterior over voxels labelled non-background"))
     return flags

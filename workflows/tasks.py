@@ -7,8 +7,12 @@ runs torch before the ``cf`` pool forks. Both tasks raise
 
 ``SegmentImage`` writes the per-image result folder (``result/`` in its Pydra cache folder):
 ``dseg.nii.gz`` (input grid and affine, int16 label values), optional ``probseg.nii.gz``
-(float32 ``(X, Y, Z, K)``), ``volumes.tsv``, ``dice.tsv`` (with a reference), ``qc.json``,
-``info.json`` and ``figures/``.
+(``(X, Y, Z, K)``, channels in label-table order: float32 when it fits the memory budget,
+otherwise uint8 with the NIfTI scale ``scl_slope = 1/255``, so readers that apply the scale,
+e.g. nibabel's ``get_fdata``, get probabilities within 1/255; ``info.json`` says which),
+``volumes.tsv``, ``dice.tsv`` (with a reference), ``qc.json``, ``info.json`` and ``figures/``.
+Soft volumes and the confidence flag come from sums accumulated during segmentation, so no
+full posterior array is held unless the probseg is asked for.
 """
 
 from __future__ import annotations
@@ -136,11 +140,14 @@ def _write_json(path, obj) -> None:
 @python.define(outputs=["out_dir"])
 def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, model_sha256: str, device: str,
                  save_probseg: bool, seed: int, nthreads: int, used_for_tuning: bool,
-                 warnings: list) -> Directory:
+                 warnings: list, mem_mb: int = 0) -> Directory:
     """Segment one image and write the per-image result folder (see the module docstring).
 
     ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch (inference itself is
     deterministic); ``model_sha256`` only enters the cache key, so a changed model reruns.
+    ``mem_mb``: memory budget of this segmentation in MiB (see
+    :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory shared
+    by ``CPUs // nthreads`` concurrent workers.
     """
     import math
     import shutil
@@ -152,7 +159,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     import torch
 
     from l2s_pipelines import metrics
-    from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.inference import Segmenter, auto_memory_budget, cpu_allocation
     from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
 
     t0 = time.perf_counter()
@@ -163,8 +170,12 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         shutil.rmtree(out)
     out.mkdir()
     img, _ = _load_nifti(source)
-    segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)))
-    res = segmenter.segment(img, source_name=source)
+    budget = int(mem_mb) << 20 if int(mem_mb) > 0 else \
+        auto_memory_budget(workers=max(1, cpu_allocation() // max(1, int(nthreads))))
+    segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),
+                                       memory_budget_bytes=budget)
+    res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),
+                            posteriors_dtype="auto")
     table = res.label_table
     dseg = np.asarray(res.dseg).astype(np.int16)
     hdr = img.header.copy()
@@ -172,22 +183,19 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     dseg_img = nib.Nifti1Image(dseg, img.affine, hdr)
     dseg_img.header.set_slope_inter(1, 0)
     nib.save(dseg_img, out / "dseg.nii.gz")
-    post = None if res.posteriors is None else np.asarray(res.posteriors, dtype=np.float32)
-    if save_probseg and post is not None:
-        phdr = img.header.copy()
-        phdr.set_data_dtype(np.float32)
-        pimg = nib.Nifti1Image(post, img.affine, phdr)
-        pimg.header.set_slope_inter(1, 0)
-        nib.save(pimg, out / "probseg.nii.gz")
-    vols = metrics.label_volumes(dseg, post, img.affine, table)
+    probseg_dtype = None
+    if save_probseg:
+        probseg_dtype = str(res.posteriors.dtype)
+        nib.save(res.probseg_image(), out / "probseg.nii.gz")
+        res.posteriors = None
+    vols = metrics.label_volumes(dseg, None, img.affine, table, soft_sums=res.soft_sums)
     metrics.write_tsv(vols["rows"], out / "volumes.tsv", metrics.VOLUME_COLUMNS)
     if reference:
         ref = np.asarray(nib.load(reference).dataobj).reshape(dseg.shape).astype(np.int64)
         rows = metrics.dice_scores(dseg, ref, table, 255, img.affine)
         metrics.write_tsv(rows, out / "dice.tsv", metrics.DICE_COLUMNS)
-    flags = metrics.qc_flags(dseg, post, vols, table)
+    flags = metrics.qc_flags(dseg, None, vols, table, mean_confidence=res.mean_max_posterior)
     _write_json(out / "qc.json", {"flags": flags})
-    del post
     plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures")
     timings = {k: float(v) for k, v in dict(res.timings_s).items()}
     info = {
@@ -197,6 +205,9 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         "model_sha256": model_sha256, "seed": int(seed), "timings_s": timings,
         "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
         "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
+        "memory_budget_mb": budget >> 20,
+        "probseg_encoding": None if probseg_dtype is None else (
+            "float32" if probseg_dtype == "float32" else "uint8, probability = value / 255 (scl_slope)"),
     }
     _write_json(out / "info.json", info)
     return Directory(out)

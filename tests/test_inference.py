@@ -205,3 +205,87 @@ def test_exact_copy_path_equals_interpolation(shift):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
     # native voxel (0, 0, 0) -> model voxel (4 + shift, 0, 1), clamped to the grid's last index 6
     torch.testing.assert_close(fast[:, 0, 0, 0], post[:, min(4 + shift, 6), 0, 1])
+
+
+@pytest.mark.parametrize("affine_kind", ["copy", "oblique"])
+def test_box_buffer_equals_full_grid_with_one_hot_background(affine_kind):
+    """Posteriors over a box of the model grid give what a full-grid buffer holding one-hot
+    background outside the box gives, also where the native grid extends past the model grid."""
+    model_shape, origin, k = (9, 8, 7), (2, 1, 3), 4
+    box = torch.softmax(torch.randn(k, 5, 6, 3, generator=torch.Generator().manual_seed(0)), 0)
+    full = torch.zeros(k, *model_shape)
+    full[0] = 1
+    full[:, 2:7, 1:7, 3:6] = box
+    model_affine = oblique_affine()
+    if affine_kind == "copy":
+        to_model = np.array([[0, 0, -1, 9], [1, 0, 0, -2], [0, 1, 0, 0], [0, 0, 0, 1.0]])
+    else:
+        to_model = np.array([[0, 0.7, 0.1, -1.3], [0.8, 0, 0, -0.6], [0.05, 0.1, 0.75, 0.2], [0, 0, 0, 1.0]])
+    native_affine = model_affine @ to_model
+    shape = (11, 12, 10)
+    kw = dict(max_slab_bytes=k * 12 * 10 * 4 * 3)
+    got = torch.cat([p for _, _, p in native_slabs(box, model_affine, shape, native_affine, box_origin=origin,
+                                                   model_shape=model_shape, **kw)], 1)
+    want = torch.cat([p for _, _, p in native_slabs(full, model_affine, shape, native_affine, **kw)], 1)
+    assert got.shape == (k, *shape)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (got[0] == 1).any() and (got[0] < 0.99).any()  # both outside and inside the box were sampled
+
+
+def head_image(shape, zooms, seed=0):
+    """Smooth ellipsoidal 'head' on a zero background (so the crop box is smaller than the grid)."""
+    g = np.stack(np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij"))
+    r = np.sqrt((g[0] / 0.7) ** 2 + (g[1] / 0.8) ** 2 + (g[2] / 0.75) ** 2)
+    noise = np.random.default_rng(seed).uniform(0, 5, shape).astype(np.float32)
+    data = np.where(r < 1, 50 + 40 * (r < 0.6) + 30 * g[0] + noise, 0).astype(np.float32)
+    return nib.Nifti1Image(data, oblique_affine(zooms=zooms, perm=(1, 0, 2), flips=(1, -1, 1)))
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.7, 0.8, 1.3)])
+def test_slab_path_equals_full_posteriors(tmp_path, zooms):
+    """Small slabs and a small budget without posteriors give the labels of the default full
+    path, and soft sums / confidence equal those computed from its full posterior array."""
+    from l2s_pipelines import metrics
+    pkg, _ = make_package(tmp_path / "pkg")
+    img = head_image((36, 30, 24), zooms)
+    full = Segmenter.from_package(pkg, device="cpu", crop_margin_vox=1).segment(img)
+    seg = Segmenter.from_package(pkg, device="cpu", memory_budget_bytes=64 << 20, crop_margin_vox=1,
+                                 max_slab_bytes=33 * 30 * 24 * 4 * 3)
+    assert seg.max_buffer_bytes == 16 << 20  # float32 buffer kept: the comparison below is exact
+    slab = seg.segment(img, return_posteriors=False)
+    assert slab.posteriors is None and slab.dseg.dtype == np.int16
+    assert np.array_equal(slab.dseg, full.dseg)
+    assert (full.dseg == 0).any() and (full.dseg != 0).any()
+    sums = metrics.soft_sums_of(full.posteriors)
+    np.testing.assert_allclose(slab.soft_sums, sums, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(full.soft_sums, sums, rtol=1e-4, atol=1e-3)
+    conf = metrics.mean_max_posterior(full.posteriors, full.dseg != 0)
+    assert slab.mean_max_posterior == pytest.approx(conf, rel=1e-5)
+    vol_full = metrics.label_volumes(full.dseg, full.posteriors, img.affine, TABLE)
+    vol_slab = metrics.label_volumes(slab.dseg, None, img.affine, TABLE, soft_sums=slab.soft_sums)
+    assert vol_slab["tiv_mm3"] == pytest.approx(vol_full["tiv_mm3"], rel=1e-4)
+    assert vol_slab["tiv_method"] == vol_full["tiv_method"]
+    flags = {f["name"]: f for f in metrics.qc_flags(slab.dseg, None, vol_slab, TABLE,
+                                                     mean_confidence=slab.mean_max_posterior)}
+    assert flags["low_confidence"]["value"] == pytest.approx(conf, rel=1e-5)
+
+
+def test_uint8_probseg_reads_back_within_one_step(tmp_path):
+    pkg, _ = make_package(tmp_path / "pkg")
+    img = head_image((20, 18, 16), (1.0, 1.0, 1.2))
+    seg = Segmenter.from_package(pkg, device="cpu")
+    ref = seg.segment(img)
+    q = seg.segment(img, posteriors_dtype="uint8")
+    assert q.posteriors.dtype == np.uint8 and q.posteriors.shape == ref.posteriors.shape
+    assert np.array_equal(q.dseg, ref.dseg)
+    np.testing.assert_allclose(q.soft_sums, ref.soft_sums, rtol=1e-6)  # sums taken before quantisation
+    nib.save(q.probseg_image(), tmp_path / "probseg.nii.gz")
+    back = nib.load(tmp_path / "probseg.nii.gz")
+    assert back.get_data_dtype() == np.uint8 and back.shape == ref.posteriors.shape
+    np.testing.assert_allclose(back.get_fdata(), ref.posteriors, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(back.affine, img.affine, atol=1e-5)
+    auto = Segmenter.from_package(pkg, device="cpu", memory_budget_bytes=4 * 20 * 18 * 16 * 33 * 4 - 4)
+    assert auto.segment(img, posteriors_dtype="auto").posteriors.dtype == np.uint8
+    assert seg.segment(img, posteriors_dtype="auto").posteriors.dtype == np.float32
+    with pytest.raises(ValueError, match="float16"):
+        seg.segment(img, posteriors_dtype="float16")

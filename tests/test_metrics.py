@@ -128,3 +128,27 @@ def test_write_tsv_nan_as_na(tmp_path, table):
     lines = (tmp_path / "d.tsv").read_text().splitlines()
     assert lines[0].split("\t") == list(metrics.DICE_COLUMNS)
     assert lines[2].split("\t")[2] == "n/a" and lines[1].split("\t")[2] == "1.0"
+
+
+def test_precomputed_soft_sums_and_confidence(table):
+    """Soft sums / mean confidence given directly give the same volumes and flag as posteriors."""
+    dseg = _brain(table)
+    k = len(table)
+    post = np.full(dseg.shape + (k,), 0.4 / (k - 1), np.float32)
+    np.put_along_axis(post, np.searchsorted(np.array(table.values), dseg)[..., None], 0.6, axis=-1)
+    affine = np.diag([1.5, 1.0, 1.0, 1.0])
+    from_post = metrics.label_volumes(dseg, post, affine, table)
+    sums = post.reshape(-1, k).sum(0, dtype=np.float64)
+    given = metrics.label_volumes(dseg, None, affine, table, soft_sums=sums)
+    assert given["tiv_mm3"] == pytest.approx(from_post["tiv_mm3"]) and "soft" in given["tiv_method"]
+    for a, b in zip(given["rows"], from_post["rows"]):
+        assert a["volume_soft_mm3"] == pytest.approx(b["volume_soft_mm3"], rel=1e-6)
+        assert a["volume_hard_mm3"] == b["volume_hard_mm3"]
+    assert given["rows"][1]["volume_soft_mm3"] == pytest.approx(1.5 * sums[1])
+    with pytest.raises(ValueError, match="soft_sums"):
+        metrics.label_volumes(dseg, None, 1.0, table, soft_sums=sums[:-1])
+    f = _flags(metrics.qc_flags(dseg, None, given, table, mean_confidence=0.6))["low_confidence"]
+    g = _flags(metrics.qc_flags(dseg, post, from_post, table))["low_confidence"]
+    assert f["value"] == pytest.approx(g["value"]) == pytest.approx(0.6)
+    assert f["flagged"] and g["flagged"]
+    assert not _flags(metrics.qc_flags(dseg, None, given, table, mean_confidence=0.9))["low_confidence"]["flagged"]

@@ -26,7 +26,7 @@ import torch
 
 from l2s_pipelines.errors import InputError, ModelError
 from l2s_pipelines.inference.memory import MemoryPlan
-from l2s_pipelines.inference.resample import native_slabs
+from l2s_pipelines.inference.resample import native_blocks
 from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window
 from l2s_pipelines.io.checkpoint import load_model_package
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
@@ -288,28 +288,50 @@ class Segmenter:
         shape = img.shape[:3]
         dseg = np.empty(shape, dtype=np.int16)
         posteriors, scale = self._posteriors_array(shape, posteriors_dtype) if return_posteriors else (None, 1.0)
-        values = self._values.to(self.device)
-        soft = torch.zeros(len(self.labels), dtype=torch.float64, device=self.device)
-        conf_sum, conf_n = 0.0, 0
-        for x0, x1, probs in native_slabs(post, model_affine, shape, native_affine, max_slab_bytes=self.max_slab_bytes,
-                                          box_origin=origin, model_shape=model_shape):
-            probs = probs.permute(1, 2, 3, 0).contiguous()  # channels last: faster argmax and copy
-            labels = values[probs.argmax(-1)]
-            dseg[x0:x1] = labels.cpu().numpy()
-            soft += probs.reshape(-1, probs.shape[-1]).sum(0, dtype=torch.float64)
-            brain = labels != 0
-            conf_sum += float(probs.amax(-1)[brain].sum(dtype=torch.float64))
-            conf_n += int(brain.sum())
-            if posteriors is not None:
-                posteriors[x0:x1] = (probs if scale == 1.0 else (probs * 255).round_().to(torch.uint8)).cpu().numpy()
-            del probs, labels, brain
+        soft, conf = self._to_native(post, model_affine, model_shape, origin, shape, native_affine, dseg, posteriors)
         t["to_native"] = time.perf_counter() - t1
         t["total"] = time.perf_counter() - t0
         return SegmentationResult(dseg=dseg, posteriors=posteriors, label_table=self.labels,
                                   affine=np.array(img.affine), timings_s=t, device=str(self.device),
                                   header=img.header if isinstance(img, nib.Nifti1Image) else None,
-                                  soft_sums=soft.cpu().numpy(), confidence_sum=conf_sum,
-                                  confidence_count=conf_n, posteriors_scale=scale)
+                                  soft_sums=soft, confidence_sum=conf[0], confidence_count=conf[1],
+                                  posteriors_scale=scale)
+
+    def _to_native(self, post, model_affine, model_shape, origin, shape, native_affine, dseg, posteriors):
+        """Fill ``dseg`` (and ``posteriors`` when not None, float32 or uint8 = ``round(255 p)``)
+        block by block (:func:`native_blocks`); voxels no block covers are background.
+        Returns ``(soft_sums (K,) float64, (confidence_sum, confidence_count))``."""
+        k = len(self.labels)
+        values = self._values.to(self.device)
+        soft = torch.zeros(k, dtype=torch.float64, device=self.device)
+        conf_sum, conf_n, outside = 0.0, 0, 0
+        quantise = posteriors is not None and posteriors.dtype == np.uint8
+        for x0, x1, region, probs in native_blocks(post, model_affine, shape, native_affine,
+                                                   max_slab_bytes=self.max_slab_bytes, box_origin=origin,
+                                                   model_shape=model_shape):
+            dseg[x0:x1] = self.labels.values[0]
+            if posteriors is not None:
+                posteriors[x0:x1] = 0
+                posteriors[x0:x1, ..., 0] = 255 if quantise else 1
+            n_slab = (x1 - x0) * shape[1] * shape[2]
+            if probs is None:
+                outside += n_slab
+                continue
+            probs = probs.permute(1, 2, 3, 0).contiguous()  # channels last: faster argmax and copy
+            outside += n_slab - probs[..., 0].numel()
+            labels = values[probs.argmax(-1)]
+            dseg[region] = labels.cpu().numpy()
+            soft += probs.reshape(-1, k).sum(0, dtype=torch.float64)
+            brain = labels != 0
+            conf_sum += float(probs.amax(-1)[brain].sum(dtype=torch.float64))
+            conf_n += int(brain.sum())
+            if posteriors is not None:
+                posteriors[region] = ((probs * 255).round_().to(torch.uint8) if quantise else probs).cpu().numpy()
+            del probs, labels, brain
+        soft[0] += outside
+        if self.labels.values[0] != 0:  # background voxels count in the confidence unless value 0
+            conf_sum, conf_n = conf_sum + outside, conf_n + outside
+        return soft.cpu().numpy(), (conf_sum, conf_n)
 
     def _sync(self):
         if self.device.type == "cuda":

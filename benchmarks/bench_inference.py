@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="2d", choices=["2d", "2.5d", "3d"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--posteriors", default="none", choices=["none", "float32", "uint8"],
+                    help="also return native posteriors (none: what the pipeline does without --save-probseg)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "inference.json")
     args = ap.parse_args(argv)
     img = synthetic_head() if args.synthetic else nib.load(args.input)
@@ -101,16 +103,18 @@ def main(argv=None) -> int:
         seg = Segmenter.from_package(pkg, device=args.device, threads=args.threads)
         stages["load_model"] = (t0, time.perf_counter())
     start = time.perf_counter()
-    res = seg.segment(img, source_name=str(args.input))
+    keep = args.posteriors != "none"
+    res = seg.segment(img, source_name=str(args.input), return_posteriors=keep,
+                      posteriors_dtype=args.posteriors if keep else "float32")
     t = start
     for name in ("checks", "preprocess", "predict", "to_native"):
         stages[name] = (t, t + res.timings_s[name])
         t += res.timings_s[name]
     t0 = time.perf_counter()
-    vols = metrics.label_volumes(res.dseg, res.posteriors, img.affine, res.label_table)
+    vols = metrics.label_volumes(res.dseg, None, img.affine, res.label_table, soft_sums=res.soft_sums)
     stages["volumes"] = (t0, time.perf_counter())
     t0 = time.perf_counter()
-    flags = metrics.qc_flags(res.dseg, res.posteriors, vols, res.label_table)
+    flags = metrics.qc_flags(res.dseg, None, vols, res.label_table, mean_confidence=res.mean_max_posterior)
     stages["qc_flags"] = (t0, time.perf_counter())
     time.sleep(0.05)
     sampler.stop()
@@ -125,6 +129,7 @@ def main(argv=None) -> int:
         "input": {"path": "synthetic 256^3" if args.synthetic else str(args.input),
                   "shape": list(img.shape), "zooms_mm": [float(z) for z in img.header.get_zooms()[:3]],
                   "orientation": "".join(nib.aff2axcodes(img.affine))},
+        "posteriors": args.posteriors,
         "model": {"mode": args.mode, "architecture": seg.model.config.to_dict(),
                   "parameters": sum(p.numel() for p in seg.model.parameters()), "trained": False},
         "stages": {k: {"wall_s": round(b - a, 3), "peak_rss_mb": sampler.peak_mb(a, b)}

@@ -97,3 +97,18 @@ def test_template_space_offline_without_home(home, result_dir, tmp_path):
     mask_mm3 = float((np.asarray(tpl_mask.dataobj) > 0).sum()) * 8.0
     assert summary["etiv_mm3"] == pytest.approx(mask_mm3 * np.linalg.det(truth[:3, :3]), rel=0.01)
     assert "determinant" in summary["etiv_method"]
+
+
+def test_template_spaces_task_through_pydra(home, result_dir, tmp_path, monkeypatch):
+    from pydra.engine.submitter import Submitter
+
+    from l2s_pipelines.workflows.templates import template_spaces_task
+
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    task = template_spaces_task(result_dir=str(result_dir), template_ids=[TEST_TEMPLATE], resolution=2)
+    with Submitter(worker="debug", cache_root=tmp_path / "cache") as sub:
+        res = sub(task)
+    assert not res.errored, res.errors
+    out = Path(res.outputs.out_dir) / TEST_TEMPLATE
+    assert (out / f"space-{TEST_TEMPLATE}_dseg.nii.gz").is_file()
+    assert json.loads((out / "template.json").read_text())["tissue_dice"]["WM"] > 0.85

@@ -187,3 +187,24 @@ def template_space_task(result_dir: str, template_id: str, resolution: int = 1,
         shutil.rmtree(out)
     map_to_template(result_dir, out, template_id, int(resolution), suffix)
     return Directory(out)
+
+
+@python.define(outputs=["out_dir"])
+def template_spaces_task(result_dir: str, template_ids: list, resolution: int = 1,
+                         suffix: str = "T1w", nthreads: int = 1) -> Directory:
+    """All requested templates for one image: ``spaces/<template_id>/`` (as :func:`map_to_template`).
+
+    For the participant workflow: one node per image after the segmentation node, with
+    ``result_dir`` = the segmentation's result folder and ``template_ids`` = ``--output-spaces``.
+    """
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(max(1, int(nthreads)))
+    out = Path.cwd() / "spaces"
+    if out.exists():
+        shutil.rmtree(out)
+    for template_id in template_ids:
+        map_to_template(result_dir, out / template_id, template_id, int(resolution), suffix)
+    return Directory(out)

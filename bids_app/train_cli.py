@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=None, help="segmenter learning rate")
     add("--lr-theta", type=float, default=None, help="augmenter learning rate")
     add("--widths", type=int, nargs="+", default=None, help="UNet widths per level")
+    add("--norm", choices=("none", "instance", "group"), default=None,
+        help="UNet normalisation (never BatchNorm: it breaks the hypergradient); default none")
+    add("--loss", choices=("dice", "ce", "dice+ce", "logit_mse"), default=None,
+        help="segmentation loss (default dice+ce)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--seed", type=int, default=0)
     add("--resume", action="store_true", help="continue from MODEL_DIR/training's last checkpoint")
@@ -223,7 +227,8 @@ def build_spec(args, argv: list[str]) -> dict:
         "generator": {"flip": False} if args.ndim == 2 and "sagittal" in planes else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
-        "lr_theta": args.lr_theta, "widths": args.widths, "device": args.device,
+        "lr_theta": args.lr_theta, "widths": args.widths, "norm": args.norm,
+        "loss": args.loss, "device": args.device,
         "seed": args.seed, "resume": bool(args.resume), "eval_every": args.eval_every,
         "checkpoint_every": args.checkpoint_every, "name": args.name or model_dir.name,
     }

@@ -105,9 +105,9 @@ def _train_config(spec: dict):
     cfg["plane"] = planes[0]
     vox = cfg.pop("voxel_size", 1.0)
     cfg["voxel_size_mm"] = (float(vox),) * 3
-    widths = cfg.pop("widths", None)
-    if widths:
-        cfg["unet"] = dict(UNetConfig().to_dict(), widths=list(widths))
+    unet = {k: v for k, v in (("widths", cfg.pop("widths", None)), ("norm", cfg.pop("norm", None))) if v}
+    if unet:
+        cfg["unet"] = dict(UNetConfig().to_dict(), **unet)
     cfg.pop("resume", None)
     if cfg.get("device", "auto") == "auto":  # record the device actually used
         import torch

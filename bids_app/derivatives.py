@@ -333,7 +333,10 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         written["probseg_json"] = write_json(_with(prefix, "_probseg.json"), {
             **common, "Description": "Posterior probability of each label (4th axis).",
             "LabelMap": {str(i): e["name"] for i, e in enumerate(entries)},
-            "LabelValues": [e["value"] for e in entries]})
+            "LabelValues": [e["value"] for e in entries],
+            # float32, or uint8 with the NIfTI scale factor 1/255 for large images (readers that
+            # apply scl_slope, e.g. nibabel's get_fdata, see probabilities either way)
+            "Encoding": info.get("probseg_encoding", "float32")})
 
     written["volumes"] = atomic_copy(result_dir / "volumes.tsv", _with(prefix, TABLES["volumes"]))
     if (result_dir / "dice.tsv").is_file():

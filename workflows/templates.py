@@ -171,11 +171,12 @@ def map_to_template(result_dir, out_dir, template_id: str, resolution: int = 1,
 
 
 @python.define(outputs=["out_dir"])
-def template_space_task(result_dir: str, template_id: str, resolution: int = 1,
+def template_space_task(result_dir: Directory, template_id: str, resolution: int = 1,
                         suffix: str = "T1w", nthreads: int = 1) -> Directory:
     """Pydra task around :func:`map_to_template`; writes ``template/`` in its cache folder.
 
-    result_dir: the per-image result folder (path string). nthreads: torch intra-op threads.
+    result_dir: the per-image result folder (e.g. the segmentation node's ``out_dir``).
+    nthreads: torch intra-op threads.
     """
     import shutil
 
@@ -185,12 +186,12 @@ def template_space_task(result_dir: str, template_id: str, resolution: int = 1,
     out = Path.cwd() / "template"
     if out.exists():
         shutil.rmtree(out)
-    map_to_template(result_dir, out, template_id, int(resolution), suffix)
+    map_to_template(Path(result_dir), out, template_id, int(resolution), suffix)
     return Directory(out)
 
 
 @python.define(outputs=["out_dir"])
-def template_spaces_task(result_dir: str, template_ids: list, resolution: int = 1,
+def template_spaces_task(result_dir: Directory, template_ids: list, resolution: int = 1,
                          suffix: str = "T1w", nthreads: int = 1) -> Directory:
     """All requested templates for one image: ``spaces/<template_id>/`` (as :func:`map_to_template`).
 
@@ -206,5 +207,5 @@ def template_spaces_task(result_dir: str, template_ids: list, resolution: int = 
     if out.exists():
         shutil.rmtree(out)
     for template_id in template_ids:
-        map_to_template(result_dir, out / template_id, template_id, int(resolution), suffix)
+        map_to_template(Path(result_dir), out / template_id, template_id, int(resolution), suffix)
     return Directory(out)

@@ -1,0 +1,121 @@
+"""Render ``benchmarks/RESULTS.md`` from the JSON files in ``benchmarks/results/``.
+
+Every figure in RESULTS.md comes from a result file written by a benchmark script; this script
+only formats them (missing files are listed as "not run"). Run it after any benchmark:
+
+    .venv/bin/python benchmarks/summarise.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _load(name: str):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(x, nd=3):
+    return "n/a" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _missing(name: str, command: str) -> list[str]:
+    return [f"*Not run yet* (`{command}` writes `results/{name}`).", ""]
+
+
+def section_speed() -> list[str]:
+    out = ["## Speed of synthesis and of a Learn2Synth iteration (issue #2)", ""]
+    gen = _load("speed_generator.json")
+    if gen:
+        s = gen["seconds"]
+        out += ["| generator vs cornucopia 0.5.1 | ours (s, median) | cornucopia (s) | throughput ratio |",
+                "|---|---|---|---|",
+                f"| 3D {gen['shape_3d']} | {_f(sorted(s['ours_3d_per_volume'])[len(s['ours_3d_per_volume']) // 2], 2)} "
+                f"| {_f(s['cornucopia_3d_per_volume'][0], 1)} | **{_f(gen['generator_vs_cornucopia_3d'], 1)}x** |",
+                f"| 2D batch {gen['batch_2d']} | {_f(sorted(s['ours_2d_per_batch64'])[1], 2)} "
+                f"| {_f(s['cornucopia_2d_per_batch64'][0], 1)} | **{_f(gen['generator_vs_cornucopia_2d'], 1)}x** |",
+                "", "Command: `.venv/bin/python benchmarks/bench_generator_speed.py` (target >= 10x in 3D).", ""]
+    else:
+        out += _missing("speed_generator.json", "benchmarks/bench_generator_speed.py")
+    l2s = _load("speed_l2s.json")
+    if l2s:
+        out += [f"One Learn2Synth iteration over one plain SynthSeg step (paper UNet, batch {l2s['batch']}): "
+                f"**{_f(l2s['time_ratio'], 2)}x** time (target <= 2.5, research code 3.3-4.6), "
+                f"**{_f(l2s['memory_ratio'], 2)}x** peak memory ({l2s['memory_method']}). "
+                f"Hypergradient every 2nd / 4th step (a named deviation from the paper): "
+                f"{_f(l2s.get('deviation_hyper_every_2_ratio'), 2)}x / {_f(l2s.get('deviation_hyper_every_4_ratio'), 2)}x. "
+                f"Command: `.venv/bin/python benchmarks/bench_l2s_step.py`.", ""]
+    return out
+
+
+def section_synthetic() -> list[str]:
+    out = ["## Synthetic experiments of the paper (issue #2)", ""]
+    nr = _load("noise_recovery.json")
+    if nr:
+        out += ["Table 1, noise recovery (learnable sigma; published: 0.001 / 0.042 / 0.098 / 0.146 / 0.134):", "",
+                "| preset sigma | inferred sigma | steps | seed |", "|---|---|---|---|"]
+        out += [f"| {r['preset']} | {_f(r['inferred_sigma'], 4)} | {r['steps']} | {r['seed']} |" for r in nr]
+        out += ["", "Command: `.venv/bin/python benchmarks/noise_recovery.py --steps 600 --warmup 200`.", ""]
+    else:
+        out += _missing("noise_recovery.json", "benchmarks/noise_recovery.py")
+    t2 = _load("table2_dice.json")
+    if t2:
+        out += ["Table 2, mean per-structure Dice on held-out noisy synthetic images "
+                "(N: trained without noise, L: Learn2Synth, O: trained with the true noise):", "",
+                "| sigma | N | L | O |", "|---|---|---|---|"]
+        out += [f"| {r['sigma']} | {_f(r['N'])} | {_f(r['L'])} | {_f(r['O'])} |" for r in t2]
+        out += ["", "Command: `.venv/bin/python benchmarks/table2_dice.py`.", ""]
+    else:
+        out += _missing("table2_dice.json", "benchmarks/table2_dice.py")
+    return out
+
+
+def section_app() -> list[str]:
+    out = ["## The BIDS App: time and memory (issue #3)", ""]
+    inf = _load("inference.json")
+    if inf:
+        out += [f"Per-stage wall time and peak RSS for one {inf['input']['shape']} image "
+                f"({inf['input']['zooms_mm']} mm), {inf['model'].get('mode')} model, "
+                f"{inf['machine']['torch_threads']} torch thread(s), {inf['machine']['device']}"
+                f"{' (untrained timing stand-in)' if not inf['model'].get('trained', True) else ''}:", "",
+                "| stage | wall (s) | peak RSS (MB) |", "|---|---|---|"]
+        out += [f"| {k} | {_f(v.get('wall_s'), 2)} | {_f(v.get('peak_rss_mb'), 0)} |" for k, v in inf["stages"].items()]
+        out += ["", f"Command: `{inf.get('command', 'benchmarks/bench_inference.py')}`.", ""]
+    for name in ("app_overhead.json", "app_throughput.json"):
+        data = _load(name)
+        if data:
+            summary = data.get("summary", data)
+            out += [f"`results/{name}`: " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in summary.items()
+                                                       if isinstance(v, (int, float, str))), ""]
+        else:
+            out += _missing(name, "benchmarks/bench_app.py")
+    return out
+
+
+def section_accuracy() -> list[str]:
+    out = ["## Accuracy on real scans (issue #4)", ""]
+    for name in ("real_accuracy.md", "real_accuracy_curve.md"):
+        path = RESULTS / name
+        out += ([path.read_text().strip(), ""] if path.is_file()
+                else _missing(name, "benchmarks/real_accuracy.py"))
+    return out
+
+
+def main() -> Path:
+    lines = ["# Benchmark results", "",
+             "Generated by `benchmarks/summarise.py` from `benchmarks/results/*.json`; machine: 2 CPU cores, "
+             "no GPU, shared with other work while measured (ratios are measured within one run).", ""]
+    for section in (section_speed, section_synthetic, section_app, section_accuracy):
+        lines += section()
+    out = HERE / "RESULTS.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    print(main())

@@ -22,7 +22,7 @@ demo: install
 	NO_ET=1 NIPYPE_NO_ET=1 $(BIN)/l2s-demo --output $(DEMO_OUT)
 
 test: install
-	NO_ET=1 NIPYPE_NO_ET=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	NO_ET=1 NIPYPE_NO_ET=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) work

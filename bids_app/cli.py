@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``-`` and ``_`` spellings of every long option)."""
     from l2s_pipelines import __version__
     from l2s_pipelines.bids_app.options import INPUT_SUFFIXES, PLUGINS
+    from l2s_pipelines.workflows.execution import PLUGIN_ARGS
 
     p = _Parser(prog="l2s-bids", description="Brain MRI segmentation with Learn2Synth networks "
                 "(a BIDS App). Exit codes: 0 ok, 2 bad arguments or dataset, 3 some images "
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--plugin", choices=PLUGINS, default="cf", help="Pydra worker")
     r.add_argument(*_both("--plugin-args"), nargs="+", default=[], metavar="ARG",
-                   help="worker options: a JSON object or key=value words")
+                   help="worker options, a JSON object or key=value words; per plugin: "
+                        + PLUGIN_ARGS.replace("%", "%%"))
     m = p.add_argument_group("model and outputs")
     m.add_argument("--model", type=Path, help="model package folder (default: bundled model)")
     m.add_argument(*_both("--save-probseg"), action="store_true", help="also write 4D posteriors")

@@ -14,6 +14,8 @@ Layout of one image's outputs (native space: no ``space-`` entity)::
     ..._desc-dice_stats.tsv             Dice against a reference, when one exists (in .bidsignore)
     ..._desc-qc_stats.tsv               automated QC flags (in .bidsignore)
     sub-X/figures/<name>_desc-<plane>_dseg.png   report mosaics (figures/ in .bidsignore)
+    ..._space-<tpl>_dseg.nii.gz (+ .json)  with --output-spaces: labels on the template grid
+    ..._from-<suffix>_to-<tpl>_mode-image_xfm.txt   ITK affine (in .bidsignore)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from filelock import FileLock
 
 from l2s_pipelines import __version__
+from l2s_pipelines.bids_app.provenance import detect_container, software_versions
 from l2s_pipelines.errors import InputError
 from l2s_pipelines.workflows.figures import label_entries
 
@@ -39,12 +42,12 @@ BIDS_VERSION = "1.10.0"
 #: (pybids entity name, short key) of source entities kept in output names, in BIDS order.
 ENTITY_ORDER = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
                 ("ceagent", "ce"), ("reconstruction", "rec"), ("run", "run"), ("echo", "echo"),
-                ("part", "part"), ("chunk", "chunk"))
+                ("part", "part"), ("space", "space"), ("chunk", "chunk"))
 #: Suffix (after the prefix) of each non-standard table; all listed in .bidsignore.
 TABLES = {"volumes": "_desc-volumes_morph.tsv", "dice": "_desc-dice_stats.tsv",
           "qc": "_desc-qc_stats.tsv"}
 BIDSIGNORE = ("*_morph.tsv", "*_stats.tsv", "*.html", "figures/", "**/figures", "logs/",
-              "group_*", "run_summary*", "*.lock")
+              "group_*", "run_summary*", "*.lock", "*_xfm.txt")
 _TMP_MARK = ".l2s-tmp-"
 
 
@@ -102,30 +105,13 @@ def clean_stale_temporaries(output_dir) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- dataset level
-def _detect_container() -> dict | None:
-    """Container identity from the environment (Apptainer/Singularity, or L2S_CONTAINER_*)."""
-    uri = os.environ.get("L2S_CONTAINER_URI")
-    for var, kind in (("APPTAINER_CONTAINER", "apptainer"), ("SINGULARITY_CONTAINER", "singularity")):
-        if not uri and os.environ.get(var):
-            uri, ctype = os.environ[var], kind
-            break
-    else:
-        ctype = os.environ.get("L2S_CONTAINER_TYPE", "docker")
-    if not uri:
-        return None
-    container = {"Type": ctype, "URI": uri if "://" in uri else Path(uri).absolute().as_uri()}
-    tag = os.environ.get("L2S_CONTAINER_DIGEST") or os.environ.get("L2S_CONTAINER_TAG")
-    if tag:
-        container["Tag"] = tag
-    return container
-
-
 def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
                               container: dict | None = None) -> Path:
     """Create or merge ``OUTPUT_DIR/dataset_description.json`` under a lock, atomically.
 
     ``GeneratedBy`` gets (or updates) one entry named ``l2s-pipelines`` with the version, the
-    model (name, sha256) and the container (``container`` or, when ``None``, detected from
+    model (name, sha256; all models used are listed in ``L2SModels``, the library versions in
+    ``SoftwareVersions``) and the container (``container`` or, when ``None``, detected from
     ``APPTAINER_CONTAINER``/``SINGULARITY_CONTAINER``/``L2S_CONTAINER_URI``). Entries of other
     pipelines, ``SourceDatasets`` and ``DatasetLinks`` from earlier runs are kept (union).
     ``DatasetLinks["raw"]`` points at ``bids_dir`` so that sidecars can cite ``bids:raw:...``.
@@ -138,7 +124,7 @@ def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
     entry = {"Name": PIPELINE_NAME, "Version": __version__,
              "Description": (f"Brain MRI segmentation with a network trained by Learn2Synth; "
                              f"model {model['Name']} (sha256 {model['SHA256']})")}
-    container = container if container is not None else _detect_container()
+    container = container if container is not None else detect_container()
     if container:
         entry["Container"] = container
     dest = output_dir / "dataset_description.json"
@@ -157,6 +143,7 @@ def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
         desc.setdefault("DatasetLinks", {})["raw"] = bids_uri
         models = [m for m in desc.get("L2SModels", []) if m.get("SHA256") != model["SHA256"]]
         desc["L2SModels"] = models + [model]
+        desc["SoftwareVersions"] = software_versions()
         write_json(dest, desc)
         readme = output_dir / "README.md"
         if not readme.exists():
@@ -199,13 +186,17 @@ def _entity_value(entities: dict, long: str, short: str):
     return value
 
 
-def derivative_prefix(output_dir, entities: dict) -> Path:
+def derivative_prefix(output_dir, entities: dict, *, space: str | None = None) -> Path:
     """``OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_acq-..][_ce-..][_rec-..][_run-..]``.
 
     ``entities`` uses pybids names (``subject``, ``session``, ``acquisition``, ...) or the short
-    keys (``sub``, ``ses``, ``acq``, ...). Suffix, extension and ``space`` are not part of it.
+    keys (``sub``, ``ses``, ``acq``, ...). Suffix and extension are not part of it; ``space``
+    (only from the argument, never from ``entities``) goes in its BIDS place.
     """
     parts, folder = [], Path(output_dir)
+    entities = {k: v for k, v in entities.items() if k != "space"}
+    if space is not None:
+        entities["space"] = space
     for long, short in ENTITY_ORDER:
         value = _entity_value(entities, long, short)
         if value is not None:
@@ -280,7 +271,8 @@ def _qc_tsv(qc: dict) -> str:
 
 
 def publish_image_results(result_dir, output_dir, *, entities: dict, source_file,
-                          save_probseg: bool, bids_dir=None, move: bool = False) -> dict[str, Path]:
+                          save_probseg: bool, bids_dir=None, move: bool = False,
+                          spaces_dir=None, spaces=()) -> dict[str, Path]:
     """Copy one image's result folder (see the shared contract) into BIDS derivative names.
 
     Parameters
@@ -301,12 +293,15 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         ``dataset_description.json``.
     move : bool
         Move instead of copy (frees the work folder; Pydra's cache then no longer holds them).
+    spaces_dir, spaces : path-like or None, sequence of str
+        Template-space results (``spaces/<id>/``) and the ids to publish
+        (:func:`l2s_pipelines.bids_app.spaces.publish_space_results`).
 
     Returns
     -------
     dict
         Output kind (``dseg``, ``dseg_tsv``, ``probseg``, ``probseg_json``, ``volumes``, ``dice``,
-        ``qc``, ``figure_<plane>``, ``dseg_json``) -> path written.
+        ``qc``, ``figure_<plane>``, ``space-<id>_*``, ``dseg_json``) -> path written.
     """
     result_dir, output_dir = Path(result_dir), Path(output_dir)
     info, qc = _read_result(result_dir)
@@ -321,8 +316,13 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     written["dseg_tsv"] = atomic_write_text(_with(prefix, "_dseg.tsv"), tsv_text)
     written["dseg"] = atomic_copy(result_dir / "dseg.nii.gz", _with(prefix, "_dseg.nii.gz"), move=move)
     model = {"Name": info.get("model_name"), "SHA256": info.get("model_sha256")}
+    generated = {"Name": PIPELINE_NAME, "Version": __version__}
+    container = detect_container()
+    if container:
+        generated["Container"] = container
     common = {"Sources": [source_uri], "SpatialReference": "orig", "Model": model,
-              "RandomSeed": info.get("seed"), "Device": info.get("device")}
+              "RandomSeed": info.get("seed"), "Device": info.get("device"), "GeneratedBy": [generated],
+              "SoftwareVersions": software_versions(info.get("versions"))}
 
     probseg = result_dir / "probseg.nii.gz"
     if save_probseg:
@@ -350,11 +350,14 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         plane = re.sub(r"[^A-Za-z0-9]", "", png.stem.replace("mosaic_", ""))
         written[f"figure_{plane}"] = atomic_copy(png, figures_dir / f"{prefix.name}_desc-{plane}_dseg.png")
 
+    from l2s_pipelines.bids_app.spaces import publish_space_results
+
+    written.update(publish_space_results(spaces_dir, output_dir, entities=entities, spaces=spaces,
+                                         common=common, move=move))
     reference = info.get("reference")
     written["dseg_json"] = write_json(sidecar, {
         **common,
         "Description": "Native-space segmentation by l2s-pipelines (labels in the _dseg.tsv).",
-        "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": __version__}],
         "Reference": bids_uri(reference, bids_dir) if reference else None,
         "UsedForTuning": bool(info.get("used_for_tuning", False)),
         "TotalIntracranialVolume": {"Value": info.get("tiv_mm3"), "Units": "mm^3",
@@ -365,8 +368,11 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     return written
 
 
-def image_is_complete(output_dir, entities: dict) -> bool:
-    """True when the image's outputs were all published (the ``_dseg.json`` marker is valid)."""
+def image_is_complete(output_dir, entities: dict, spaces=()) -> bool:
+    """True when the image's outputs were all published (the ``_dseg.json`` marker is valid),
+    including every template space in ``spaces`` (a new space makes the image incomplete)."""
+    from l2s_pipelines.bids_app.spaces import space_is_complete
+
     prefix = derivative_prefix(output_dir, entities)
     sidecar = _with(prefix, "_dseg.json")
     try:
@@ -375,7 +381,8 @@ def image_is_complete(output_dir, entities: dict) -> bool:
         return False
     needed = [_with(prefix, "_dseg.nii.gz"), _with(prefix, "_dseg.tsv"),
               _with(prefix, TABLES["volumes"]), _with(prefix, TABLES["qc"])]
-    return isinstance(meta, dict) and "Sources" in meta and all(p.is_file() for p in needed)
+    return (isinstance(meta, dict) and "Sources" in meta and all(p.is_file() for p in needed)
+            and all(space_is_complete(output_dir, entities, t) for t in spaces))
 
 
 def quote_path(path) -> str:

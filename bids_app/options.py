@@ -56,6 +56,12 @@ class RunOptions:
     def logs_dir(self) -> Path:
         return self.output_dir / "logs"
 
+    @property
+    def job_mem_mb(self) -> int:
+        """Memory budget of one image job in MiB: ``mem_mb`` shared by ``nprocs`` parallel jobs
+        (0 = no bound given: each job sizes itself from the available memory)."""
+        return (self.mem_mb or 0) // max(1, self.nprocs)
+
 
 def available_cpus() -> int:
     """CPUs of this job's allocation: ``SLURM_CPUS_PER_TASK`` if set, else the affinity mask."""

@@ -1,6 +1,7 @@
 """Participant and group drivers of ``l2s-bids``.
 
-Participant level: check arguments and dataset (exit 2 before anything is written), clean stale
+Participant level: check arguments, worker options, templates of ``--output-spaces`` and dataset
+(exit 2 before anything is written), clean stale
 Pydra state under the work folder, skip images whose derivatives are complete, run one
 single-image workflow per remaining image through the chosen Pydra worker, publish each
 successful result (atomically, from the cached result folder after the Submitter returns),
@@ -159,10 +160,13 @@ def _collect(board: Board, i: int, task, im, opts) -> None:
         board.set(i, "failed", error=job_error(task, opts.work_dir) if result is not None else "not run (no result)")
         return
     out_dir = Path(result.outputs.out_dir)
+    spaces_dir = getattr(result.outputs, "spaces_dir", None)
     try:
         info = json.loads((out_dir / "info.json").read_text(encoding="utf-8"))
         publish_image_results(out_dir, opts.output_dir, entities=im.entities, source_file=im.path,
-                              save_probseg=opts.save_probseg, bids_dir=opts.bids_dir)
+                              save_probseg=opts.save_probseg, bids_dir=opts.bids_dir,
+                              spaces_dir=Path(spaces_dir) if spaces_dir else None,
+                              spaces=opts.output_spaces)
     except Exception as exc:  # a publishing problem fails this image only
         board.set(i, "failed", error=f"publishing: {type(exc).__name__}: {exc}")
         return
@@ -219,15 +223,36 @@ def _subject_reports(board: Board, opts) -> None:
                     board.set(i, "failed", error=f"report: {type(exc).__name__}: {exc}")
 
 
-def _image_tasks(images, model_dir: Path, manifest: dict, opts) -> dict:
+def _image_tasks(images, model_dir: Path, manifest: dict, opts, resolution: int = 1) -> dict:
     from l2s_pipelines.workflows.participant import init_single_image_wf
 
     tuned = set(manifest.get("training", {}).get("tune_subjects", []) or [])
     return {i: init_single_image_wf(
         source=im.path, reference=im.reference, model_dir=str(model_dir), model_name=manifest.get("name", ""),
         model_sha256=manifest["weights"]["sha256"], device=opts.device, save_probseg=opts.save_probseg,
-        seed=opts.random_seed, nthreads=opts.omp_nthreads,
+        seed=opts.random_seed, nthreads=opts.omp_nthreads, mem_mb=opts.job_mem_mb,
+        output_spaces=list(opts.output_spaces), suffix=opts.input_suffix, resolution=resolution,
         used_for_tuning=f"sub-{im.subject}" in tuned or im.subject in tuned) for i, im in enumerate(images)}
+
+
+def template_resolution(spaces, preferred=(1, 2)) -> int:
+    """The first TemplateFlow resolution (``res-01``, else ``res-02``) whose files are present for
+    every template in ``spaces`` (1 when there are none). Raises the InputError of
+    :func:`~l2s_pipelines.workflows.templates.get_template_files` for ``res-01`` (naming the
+    missing file, TEMPLATEFLOW_HOME and the pre-fetch command) when no resolution is complete."""
+    from l2s_pipelines.workflows.templates import get_template_files
+
+    first_error = None
+    for res in preferred:
+        try:
+            for template_id in spaces:
+                get_template_files(template_id, res)
+            return res
+        except InputError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return preferred[0]
 
 
 def run_participant(opts) -> int:
@@ -235,10 +260,12 @@ def run_participant(opts) -> int:
     from l2s_pipelines.bids_app import derivatives as deriv
     from l2s_pipelines.bids_app import queries
     from l2s_pipelines.bids_app.options import check_paths
-    from l2s_pipelines.workflows.execution import clean_work_dir
+    from l2s_pipelines.workflows.execution import clean_work_dir, worker_spec
     from l2s_pipelines.workflows.participant import boilerplate
 
     check_paths(opts)
+    worker_spec(opts.plugin, opts.plugin_args, nprocs=opts.nprocs)  # unknown --plugin-args: exit 2
+    resolution = template_resolution(opts.output_spaces)  # a missing template: exit 2, nothing run
     model_dir, manifest = resolve_model(opts.model_dir)
     layout = queries.load_layout(opts.bids_dir, validate=not opts.skip_bids_validation)
     images = queries.collect_images(layout, suffix=opts.input_suffix, participants=opts.participant_label,
@@ -259,18 +286,18 @@ def run_participant(opts) -> int:
     try:
         if opts.reports_only:
             for i, im in enumerate(images):
-                complete = deriv.image_is_complete(opts.output_dir, im.entities)
+                complete = deriv.image_is_complete(opts.output_dir, im.entities, spaces=opts.output_spaces)
                 board.set(i, "skipped" if complete else "failed", error="" if complete else "no outputs to report")
         else:
             clean_work_dir(opts.work_dir)
             todo = []
             for i, im in enumerate(images):
-                if deriv.image_is_complete(opts.output_dir, im.entities):
+                if deriv.image_is_complete(opts.output_dir, im.entities, spaces=opts.output_spaces):
                     board.set(i, "skipped", error="")
                 else:
                     todo.append(i)
             if todo:
-                _execute(board, todo, _image_tasks(images, model_dir, manifest, opts), images, opts)
+                _execute(board, todo, _image_tasks(images, model_dir, manifest, opts, resolution), images, opts)
         _subject_reports(board, opts)
     finally:
         board.close()

@@ -1,9 +1,22 @@
 """Pydra execution: Submitter set-up per plugin, work-folder hygiene, per-job result lookup.
 
-Plugins: ``cf`` (local process pool, ``n_procs``), ``debug`` (serial, in-process), ``slurm``
-(``sbatch_args``), ``sge`` (``qsub_args``) and ``dask`` (the project's
-``l2s_pipelines.workflows.dask_worker.DaskWorker``, imported only when chosen). ``plugin_args``
-are passed to the worker as keyword arguments.
+Plugins and the ``--plugin-args`` keys each accepts (passed to the worker as keyword arguments;
+unknown keys are an :class:`~l2s_pipelines.errors.InputError`, see :data:`PLUGIN_ARGS`):
+
+- ``cf``: local process pool; ``n_procs`` (default ``--nprocs``).
+- ``debug``: serial, in this process; no keys.
+- ``slurm``: Pydra's ``SlurmWorker``; ``sbatch_args`` (resource requests, e.g.
+  ``"--cpus-per-task=4 --mem=16G --time=01:00:00"``), ``poll_delay`` (s).
+- ``sge``: the project's :class:`~l2s_pipelines.workflows.sge_worker.SgeWorker` (pydra 1.0a12's
+  own is broken); resource requests go in ``default_qsub_args`` (e.g. ``"-l h_vmem=16G -pe smp
+  4"``), ``qsub_args`` only adds to them; also ``poll_delay``, ``max_job_array_length``,
+  ``collect_jobs_delay``, ``indirect_submit_host``, ``max_threads``, ``max_mem_free``, ...
+- ``dask``: the project's :class:`~l2s_pipelines.workflows.dask_worker.DaskWorker`;
+  ``address`` (an existing scheduler) or a private LocalCluster with ``n_workers``,
+  ``threads_per_worker``, ``processes``, ``memory_limit``.
+
+Pydra finds workers by name only inside its own package, so ``sge`` and ``dask`` are passed as
+classes (imported only when chosen).
 
 Example
 -------
@@ -18,26 +31,64 @@ import logging
 import re
 from pathlib import Path
 
+from l2s_pipelines.errors import InputError
+
 LOG = logging.getLogger("l2s.execution")
-DASK_WORKER = "l2s_pipelines.workflows.dask_worker.DaskWorker"
+#: Worker class of each plugin (module path); ``cf``, ``debug`` and ``slurm`` go to the
+#: Submitter by name, the others as classes.
+WORKER_CLASSES = {
+    "cf": "pydra.workers.cf.ConcurrentFuturesWorker",
+    "debug": "pydra.workers.debug.DebugWorker",
+    "slurm": "pydra.workers.slurm.SlurmWorker",
+    "sge": "l2s_pipelines.workflows.sge_worker.SgeWorker",
+    "dask": "l2s_pipelines.workflows.dask_worker.DaskWorker",
+}
+BY_NAME = ("cf", "debug", "slurm")
+DASK_WORKER = WORKER_CLASSES["dask"]
+#: The ``--plugin-args`` mapping, for ``l2s-bids --help``.
+PLUGIN_ARGS = ("cf: n_procs; slurm: sbatch_args (resources, e.g. \"--cpus-per-task=4 --mem=16G\"), "
+               "poll_delay; sge: default_qsub_args (resources, e.g. \"-l h_vmem=16G -pe smp 4\"), "
+               "qsub_args, poll_delay, max_job_array_length; dask: address (existing scheduler) or "
+               "n_workers, threads_per_worker, processes, memory_limit (private LocalCluster)")
 _ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$")
 
 
+def worker_class(plugin: str):
+    """The worker class of ``plugin`` (imports pydra's submitter first: circular import)."""
+    import pydra.engine.submitter  # noqa: F401
+
+    if plugin not in WORKER_CLASSES:
+        raise ValueError(f"unknown plugin {plugin!r}; choose {', '.join(WORKER_CLASSES)}")
+    module, _, name = WORKER_CLASSES[plugin].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def worker_options(plugin: str) -> list[str]:
+    """Keyword arguments the worker of ``plugin`` accepts (its ``attrs`` init fields)."""
+    import attrs
+
+    return [f.alias or f.name for f in attrs.fields(worker_class(plugin))
+            if f.init and f.name not in ("loop", "error")]
+
+
 def worker_spec(plugin: str, plugin_args: dict | None = None, *, nprocs: int = 1):
-    """``(worker, kwargs)`` for :class:`pydra.engine.submitter.Submitter`.
+    """``(worker, kwargs)`` for :class:`pydra.engine.submitter.Submitter`: a name for ``cf``,
+    ``debug`` and ``slurm``, a class for ``sge`` and ``dask``.
 
     ``nprocs`` is the default ``n_procs`` of the ``cf`` worker; ``plugin_args`` override it.
+    Raises InputError for a key the worker does not accept.
     """
+    if plugin not in WORKER_CLASSES:
+        raise ValueError(f"unknown plugin {plugin!r}; choose {', '.join(WORKER_CLASSES)}")
     kwargs = dict(plugin_args or {})
     if plugin == "cf":
         kwargs.setdefault("n_procs", int(nprocs))
-        return "cf", kwargs
-    if plugin in ("debug", "slurm", "sge"):
-        return plugin, kwargs
-    if plugin == "dask":
-        module, _, name = DASK_WORKER.rpartition(".")
-        return getattr(importlib.import_module(module), name), kwargs
-    raise ValueError(f"unknown plugin {plugin!r}; choose cf, debug, slurm, sge or dask")
+    accepted = worker_options(plugin)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InputError(f"--plugin-args {', '.join(unknown)}: not accepted by the {plugin} worker "
+                         f"(accepted: {', '.join(accepted) or 'none'})")
+    return (plugin if plugin in BY_NAME else worker_class(plugin)), kwargs
 
 
 def make_submitter(plugin: str, *, work_dir, nprocs: int = 1, plugin_args: dict | None = None):

@@ -1,7 +1,8 @@
 """Participant-level Pydra workflows, built by keyword-only factory functions.
 
 ``init_single_image_wf`` checks one image (and its reference), then segments it into a result
-folder (see :mod:`l2s_pipelines.workflows.tasks`). ``init_participant_wf`` holds one such
+folder (see :mod:`l2s_pipelines.workflows.tasks`) and, with ``output_spaces``, maps that
+result to TemplateFlow templates (:mod:`l2s_pipelines.workflows.templates`). ``init_participant_wf`` holds one such
 sub-workflow per image, as independent nodes: the ``cf`` worker runs them in parallel and one
 failing image does not stop the others. Each image's workflow carries its source path as a
 string, so byte-identical files of two subjects never collapse into one cached job.
@@ -26,6 +27,7 @@ from fileformats.generic import Directory
 from pydra.compose import workflow
 
 from l2s_pipelines.workflows.tasks import CheckImage, SegmentImage
+from l2s_pipelines.workflows.templates import template_spaces_task
 
 __desc__ = """\
 Brain MRI segmentation was performed with *l2s-pipelines* {version}, a BIDS App built on Pydra.
@@ -51,24 +53,36 @@ def input_fingerprint(*paths: str) -> str:
     return "|".join(parts)
 
 
-@workflow.define(outputs=["out_dir"])
+@workflow.define(outputs=["out_dir", "spaces_dir"])
 def SingleImageWf(source: str, reference: str, model_dir: str, model_name: str, model_sha256: str,
                   device: str, save_probseg: bool, seed: int, nthreads: int, used_for_tuning: bool,
-                  fingerprint: str) -> Directory:
-    """Check, then segment one image; output: the result folder."""
+                  fingerprint: str, mem_mb: int = 0, output_spaces: list = [],  # noqa: B006
+                  suffix: str = "T1w", resolution: int = 1) -> tuple[Directory, Directory | None]:
+    """Check, segment, then (with ``output_spaces``) map to the templates.
+
+    Outputs: the result folder, and the ``spaces/`` folder (one ``<template_id>/`` each, see
+    :func:`l2s_pipelines.workflows.templates.template_spaces_task`) or None without spaces.
+    """
     check = workflow.add(CheckImage(source=source, reference=reference, model_dir=model_dir,
                                     fingerprint=fingerprint), name="check")
     seg = workflow.add(SegmentImage(source=check.source, reference=reference, model_dir=model_dir,
                                     model_name=model_name, model_sha256=model_sha256, device=device,
                                     save_probseg=save_probseg, seed=seed, nthreads=nthreads,
-                                    used_for_tuning=used_for_tuning, warnings=check.warnings),
+                                    used_for_tuning=used_for_tuning, warnings=check.warnings,
+                                    mem_mb=mem_mb),
                        name="segment")
-    return seg.out_dir
+    if not output_spaces:
+        return seg.out_dir, None
+    spaces = workflow.add(template_spaces_task(result_dir=seg.out_dir, template_ids=list(output_spaces),
+                                               resolution=resolution, suffix=suffix, nthreads=nthreads),
+                          name="spaces")
+    return seg.out_dir, spaces.out_dir
 
 
 def init_single_image_wf(*, source: str, model_dir: str, model_name: str, model_sha256: str,
                          reference: str = "", device: str = "auto", save_probseg: bool = False,
-                         seed: int = 0, nthreads: int = 1, used_for_tuning: bool = False):
+                         seed: int = 0, nthreads: int = 1, used_for_tuning: bool = False,
+                         mem_mb: int = 0, output_spaces=(), suffix: str = "T1w", resolution: int = 1):
     """The workflow task of one image (all inputs plain values; paths as absolute strings).
 
     Parameters
@@ -84,9 +98,17 @@ def init_single_image_wf(*, source: str, model_dir: str, model_name: str, model_
     save_probseg : bool
         Also write the 4D posteriors.
     seed, nthreads : int
-        torch seed and intra-op threads of the segmentation task.
+        torch seed and intra-op threads of the segmentation (and registration) task.
     used_for_tuning : bool
         The subject was a labelled real scan when the model was trained (flagged in outputs).
+    mem_mb : int
+        Memory budget of the segmentation in MiB (0: automatic).
+    output_spaces : sequence of str
+        TemplateFlow template ids to map the segmentation to (files must be present locally).
+    suffix : str
+        Input suffix (``T1w``...), names the transform ``from-<suffix>_to-<id>``.
+    resolution : int
+        TemplateFlow ``res-`` index of the template files.
     """
     source = str(Path(source).absolute())
     reference = str(Path(reference).absolute()) if reference else ""
@@ -94,7 +116,9 @@ def init_single_image_wf(*, source: str, model_dir: str, model_name: str, model_
                          model_name=model_name, model_sha256=model_sha256, device=device,
                          save_probseg=bool(save_probseg), seed=int(seed), nthreads=int(nthreads),
                          used_for_tuning=bool(used_for_tuning),
-                         fingerprint=input_fingerprint(source, reference))
+                         fingerprint=input_fingerprint(source, reference), mem_mb=max(0, int(mem_mb)),
+                         output_spaces=[str(t) for t in output_spaces], suffix=str(suffix),
+                         resolution=int(resolution))
 
 
 def node_name(index: int, entities: dict) -> str:

@@ -143,13 +143,14 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
                  warnings: list, mem_mb: int = 0) -> Directory:
     """Segment one image and write the per-image result folder (see the module docstring).
 
-    ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch (inference itself is
-    deterministic); ``model_sha256`` only enters the cache key, so a changed model reruns.
+    ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch and numpy, and torch runs
+    in deterministic mode (bit-identical CPU results for the same seed, input and threads); ``model_sha256`` only enters the cache key, so a changed model reruns.
     ``mem_mb``: memory budget of this segmentation in MiB (see
     :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory shared
     by ``CPUs // nthreads`` concurrent workers.
     """
     import math
+    import os
     import shutil
     import time
     from pathlib import Path
@@ -164,7 +165,12 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(nthreads)))
+    # deterministic mode: same seed, input and threads -> bit-identical output on the CPU
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
     out = Path.cwd() / "result"
     if out.exists():
         shutil.rmtree(out)
@@ -205,7 +211,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         "model_sha256": model_sha256, "seed": int(seed), "timings_s": timings,
         "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
         "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
-        "memory_budget_mb": budget >> 20,
+        "memory_budget_mb": budget >> 20, "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "probseg_encoding": None if probseg_dtype is None else (
             "float32" if probseg_dtype == "float32" else "uint8, probability = value / 255 (scl_slope)"),
     }

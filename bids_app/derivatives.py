@@ -111,7 +111,7 @@ def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
 
     ``GeneratedBy`` gets (or updates) one entry named ``l2s-pipelines`` with the version, the
     model (name, sha256; all models used are listed in ``L2SModels``, the library versions in
-    ``SoftwareVersions``) and the container (``container`` or, when ``None``, detected from
+    ``L2SVersions``) and the container (``container`` or, when ``None``, detected from
     ``APPTAINER_CONTAINER``/``SINGULARITY_CONTAINER``/``L2S_CONTAINER_URI``). Entries of other
     pipelines, ``SourceDatasets`` and ``DatasetLinks`` from earlier runs are kept (union).
     ``DatasetLinks["raw"]`` points at ``bids_dir`` so that sidecars can cite ``bids:raw:...``.
@@ -143,7 +143,7 @@ def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
         desc.setdefault("DatasetLinks", {})["raw"] = bids_uri
         models = [m for m in desc.get("L2SModels", []) if m.get("SHA256") != model["SHA256"]]
         desc["L2SModels"] = models + [model]
-        desc["SoftwareVersions"] = software_versions()
+        desc["L2SVersions"] = software_versions()
         write_json(dest, desc)
         readme = output_dir / "README.md"
         if not readme.exists():
@@ -322,7 +322,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         generated["Container"] = container
     common = {"Sources": [source_uri], "SpatialReference": "orig", "Model": model,
               "RandomSeed": info.get("seed"), "Device": info.get("device"), "GeneratedBy": [generated],
-              "SoftwareVersions": software_versions(info.get("versions"))}
+              "L2SVersions": software_versions(info.get("versions"))}
 
     probseg = result_dir / "probseg.nii.gz"
     if save_probseg:

@@ -37,6 +37,7 @@ class ImageDerivatives:
     qc: pd.DataFrame                  # name, value, threshold, flagged, description
     dice: pd.DataFrame | None = None  # index, name, dice, volume_*_mm3, volume_diff_pct
     figures: dict[str, Path] = field(default_factory=dict)  # plane -> png path
+    spaces: dict[str, dict] = field(default_factory=dict)   # template id -> _space-<id>_dseg.json
 
     @property
     def name(self) -> str:
@@ -74,6 +75,8 @@ def collect_images(output_dir, subject: str | None = None) -> list[ImageDerivati
     images = []
     for sidecar_path in sorted(output_dir.glob(f"{pattern}/**/anat/*_dseg.json")):
         prefix = sidecar_path.with_name(sidecar_path.name[: -len("_dseg.json")])
+        if "space" in parse_entities(prefix.name):
+            continue  # a template-space output of an image, read with that image
         try:
             sidecar = json.loads(sidecar_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -86,8 +89,24 @@ def collect_images(output_dir, subject: str | None = None) -> list[ImageDerivati
             volumes=_read_tsv(_with(prefix, TABLES["volumes"])), lut=_read_tsv(_with(prefix, "_dseg.tsv")),
             qc=_read_tsv(_with(prefix, TABLES["qc"])),
             dice=_read_tsv(dice_path) if dice_path.is_file() else None,
-            figures={p: f for p, f in figures.items() if f.is_file()}))
+            figures={p: f for p, f in figures.items() if f.is_file()}, spaces=_space_sidecars(prefix)))
     return images
+
+
+def _space_sidecars(prefix: Path) -> dict[str, dict]:
+    """Template id -> sidecar of the image's ``space-<id>`` outputs (entities after the
+    image's own, e.g. ``sub-01_run-1_space-X_dseg.json`` for ``sub-01_run-1``)."""
+    own = parse_entities(prefix.name)
+    found = {}
+    for path in sorted(prefix.parent.glob("*_space-*_dseg.json")):
+        ents = parse_entities(path.name[: -len("_dseg.json")])
+        space = ents.pop("space", None)
+        if space and ents == own:
+            try:
+                found[space] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path}: unreadable sidecar ({exc})") from exc
+    return found
 
 
 def _is_true(value) -> bool:
@@ -130,6 +149,24 @@ def _dice_section(img: ImageDerivatives) -> str:
                     rows) + "</div>")
 
 
+def _spaces_section(img: ImageDerivatives) -> str:
+    """Template-space eTIV (method named) and tissue overlap, one row per template."""
+    if not img.spaces:
+        return ""
+    rows, methods = [], []
+    for template_id, side in img.spaces.items():
+        etiv = side.get("EstimatedTotalIntracranialVolume") or {}
+        dice = side.get("TissueDice") or {}
+        rows.append([template_id, H.fmt(etiv.get("Value")), H.fmt(dice.get("CSF"), 3),
+                     H.fmt(dice.get("GM"), 3), H.fmt(dice.get("WM"), 3)])
+        methods += [m for m in (etiv.get("Method"), side.get("TissueDiceMethod"),
+                                side.get("RegistrationMethod")) if m and m not in methods]
+    notes = "".join(f"<li>{H.esc(m)}</li>" for m in methods)
+    return ("<h3>Template spaces</h3>" + H.table(
+        ["Template", "eTIV (mm³)", "Dice CSF", "Dice GM", "Dice WM"], rows, text_columns=(0,))
+        + f"<p>Methods:</p><ul>{notes}</ul>")
+
+
 def _qc_section(img: ImageDerivatives) -> str:
     if img.qc.empty:
         return "<h3>QC flags</h3><p>No QC measures recorded.</p>"
@@ -167,7 +204,8 @@ def image_section(img: ImageDerivatives, output_dir: Path) -> str:
     anchor = re.sub(r"[^A-Za-z0-9_-]", "", img.name)
     warnings = "".join(f'<div class="callout">{H.esc(w)}</div>' for w in side.get("Warnings") or [])
     return (f'<section id="{anchor}"><h2>{H.esc(img.name)}</h2>' + warnings + _figures_section(img, output_dir)
-            + facts + _volumes_section(img) + _dice_section(img) + _qc_section(img) + "</section>")
+            + facts + _volumes_section(img) + _spaces_section(img) + _dice_section(img) + _qc_section(img)
+            + "</section>")
 
 
 def _errors_section(errors) -> str:

@@ -90,7 +90,7 @@ def publish_space_results(spaces_dir, output_dir, *, entities: dict, spaces, com
         Template ids to publish (all folders of ``spaces_dir`` when empty).
     common : dict
         Sidecar fields shared with the native outputs (``Sources`` = the raw image, ``Model``,
-        ``RandomSeed``, ``Device``, ``GeneratedBy``, ``SoftwareVersions``).
+        ``RandomSeed``, ``Device``, ``GeneratedBy``, ``L2SVersions``).
 
     Returns
     -------

@@ -52,8 +52,10 @@ LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
 
 # ----------------------------------------------------------------------------- child: direct call
 def direct_child(model: str, image: str, out_dir: str, threads: int, device: str) -> dict:
-    """Path (a): the segmenter called directly. Returns stage seconds (``import`` counts the
-    library imports made in this fresh process) and peak RSS (MiB)."""
+    """Path (a): the segmenter called directly, with the settings the ``SegmentImage`` task uses
+    (memory budget per worker, no native posteriors kept, soft volumes from ``soft_sums``).
+    Returns stage seconds (``import`` counts the library imports of this fresh process) and
+    peak RSS (MiB)."""
     import resource
 
     t = {}
@@ -63,14 +65,17 @@ def direct_child(model: str, image: str, out_dir: str, threads: int, device: str
 
     from l2s_pipelines import metrics
     from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.inference.memory import auto_memory_budget
+    from l2s_pipelines.inference.segmenter import cpu_allocation
 
     t["import"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    seg = Segmenter.from_package(model, device, threads=threads)
+    budget = auto_memory_budget(workers=max(1, cpu_allocation() // threads))
+    seg = Segmenter.from_package(model, device, threads=threads, memory_budget_bytes=budget)
     t["load_model"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     img = nib.load(image)
-    res = seg.segment(img, source_name=image)
+    res = seg.segment(img, source_name=image, return_posteriors=False)
     t["segment"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     out = Path(out_dir)
@@ -78,7 +83,7 @@ def direct_child(model: str, image: str, out_dir: str, threads: int, device: str
     nib.save(res.dseg_image(), out / "dseg.nii.gz")
     t["write_dseg"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    vols = metrics.label_volumes(np.asarray(res.dseg), res.posteriors, img.affine, res.label_table)
+    vols = metrics.label_volumes(np.asarray(res.dseg), None, img.affine, res.label_table, soft_sums=res.soft_sums)
     metrics.write_tsv(vols["rows"], out / "volumes.tsv", metrics.VOLUME_COLUMNS)
     t["volumes"] = time.perf_counter() - t1
     t["total_in_process"] = time.perf_counter() - t0

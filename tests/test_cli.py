@@ -14,6 +14,7 @@ from l2s_pipelines.bids_app import cli
 from l2s_pipelines.bids_app.options import parse_mem, parse_plugin_args, strip_prefix
 from l2s_pipelines.errors import InputError
 from l2s_pipelines.workflows import execution
+from l2s_pipelines.workflows.sge_worker import SgeWorker
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +80,7 @@ def test_worker_spec_per_plugin():
     assert execution.worker_spec("cf", {}, nprocs=3) == ("cf", {"n_procs": 3})
     assert execution.worker_spec("cf", {"n_procs": 1}, nprocs=3) == ("cf", {"n_procs": 1})
     assert execution.worker_spec("slurm", {"sbatch_args": "-p x"}) == ("slurm", {"sbatch_args": "-p x"})
-    assert execution.worker_spec("sge", {})[0] == "sge" and execution.worker_spec("debug", {})[0] == "debug"
+    assert execution.worker_spec("sge", {})[0] is SgeWorker and execution.worker_spec("debug", {})[0] == "debug"
     worker, _ = execution.worker_spec("dask", {})
     assert worker.__name__ == "DaskWorker"
     with pytest.raises(ValueError, match="unknown plugin"):

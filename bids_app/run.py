@@ -114,6 +114,7 @@ class Board:
 
     def write_summary(self) -> Path:
         path = self.logs_dir / "run_summary.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)  # an early failure must not hide its error
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")

@@ -184,11 +184,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
                             posteriors_dtype="auto")
     table = res.label_table
     dseg = np.asarray(res.dseg).astype(np.int16)
-    hdr = img.header.copy()
-    hdr.set_data_dtype(np.int16)
-    dseg_img = nib.Nifti1Image(dseg, img.affine, hdr)
-    dseg_img.header.set_slope_inter(1, 0)
-    nib.save(dseg_img, out / "dseg.nii.gz")
+    nib.save(res.dseg_image(), out / "dseg.nii.gz")
     probseg_dtype = None
     if save_probseg:
         probseg_dtype = str(res.posteriors.dtype)

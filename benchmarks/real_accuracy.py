@@ -241,6 +241,9 @@ def main(argv=None) -> int:
     ap.add_argument("--robustness", type=Path, default=None, metavar="MODEL_DIR")
     ap.add_argument("--curve", nargs="+", default=None, metavar="DIR",
                     help="checkpoint packages (or folders of them) to score in training order")
+    ap.add_argument("--append", action="store_true",
+                    help="with --curve: keep the rows of the existing curve file for packages not "
+                         "scored again (score new checkpoints as training goes on)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0, help="seed of the generated degradations")
@@ -274,9 +277,12 @@ def main(argv=None) -> int:
             rows.append({"name": res["name"], "package": str(pkg), "step": t.get("steps"),
                          "wall_time_s": t.get("wall_time_s", t.get("budget", {}).get("wall_time_s")),
                          **{g: _group(res, g) for g in ("all", "DLMUSE", "FreeSurfer")}})
-        report["curve"] = sorted(rows, key=lambda r: (r["step"] is None, r["step"] or 0))
         if args.out.name == "real_accuracy.json":
             args.out = args.out.with_name("real_accuracy_curve.json")
+        if args.append and args.out.is_file():
+            scored = {r["package"] for r in rows}
+            rows += [r for r in json.loads(args.out.read_text()).get("curve", []) if r["package"] not in scored]
+        report["curve"] = sorted(rows, key=lambda r: (r["name"], r["step"] is None, r["step"] or 0))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))

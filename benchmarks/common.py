@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(os.environ.get("L2S_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("L2S_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the paper's 2D UNet (about 0.27 M parameters with 24 classes), with InstanceNorm added: without
 #: normalisation it sat on the all-background plateau for hundreds of steps here, far longer than

@@ -1,6 +1,7 @@
 """Label table: SynthSeg 2.0 labels, source -> channel lookup, dseg.tsv round trips."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from l2s_pipelines.labels import IGNORE_INDEX, LabelTable, generation_classes
 
 SYNTHSEG2 = [0, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 41, 42, 43,
              44, 46, 47, 49, 50, 51, 52, 53, 54, 58, 60]
-GEN_TSV = "/work/shared/data/label_maps/generation_labels.tsv"
+GEN_TSV = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps" / "generation_labels.tsv")
 
 
 def test_default_table_has_synthseg2_labels_in_order():

@@ -1,5 +1,7 @@
 """SynthSeg-style generator: labels preserved, flips swap sides, seeding, switches, shapes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,8 +10,8 @@ from l2s_pipelines.labels import LabelTable
 from l2s_pipelines.synth import SynthConfig, SynthGenerator, corrupt_noise
 from l2s_pipelines.synth.sampling import resolution_matrix, smooth_upsample
 
-MAP = "/work/shared/data/label_maps/training_seg_01.nii.gz"
-GEN_TSV = "/work/shared/data/label_maps/generation_labels.tsv"
+MAP = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps" / "training_seg_01.nii.gz")
+GEN_TSV = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps" / "generation_labels.tsv")
 
 
 @pytest.fixture(scope="module")

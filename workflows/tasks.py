@@ -44,25 +44,15 @@ def _load_nifti(path: str):
 
 
 def check_image_data(path: str, img, data) -> list[str]:
-    """Validate one input image: 3D, finite, not constant. Returns warnings (strings); raises
+    """Validate one input image with :func:`l2s_pipelines.io.checks.check_input_image` (the
+    Segmenter's own check) and the header's voxel sizes. Returns warnings (strings); raises
     InputError for unusable data. ``data`` is the voxel array, shape ``(X, Y, Z[, 1])``."""
     import numpy as np
 
     from l2s_pipelines.errors import InputError
+    from l2s_pipelines.io.checks import check_input_image
 
-    shape = data.shape
-    if data.ndim == 4 and shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 4:
-        raise InputError(f"{path}: 4D image with {shape[3]} volumes; a single 3D volume is required")
-    if data.ndim != 3 or min(shape[:3]) < 2:
-        raise InputError(f"{path}: image of shape {shape} is {min(data.ndim, 2)}D; a 3D volume is required")
-    bad = int((~np.isfinite(data)).sum())
-    if bad:
-        raise InputError(f"{path}: {bad} voxels are NaN or Inf")
-    if float(data.max()) == float(data.min()):
-        what = "all zero" if float(data.max()) == 0 else f"constant ({float(data.max())})"
-        raise InputError(f"{path}: image is {what}; nothing to segment")
+    check_input_image(img, path, data)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     warnings = []
     if zooms.min() <= 0:
@@ -175,7 +165,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    img, _ = _load_nifti(source)
+    img = nib.load(source)  # voxels are read once, by the Segmenter
     budget = int(mem_mb) << 20 if int(mem_mb) > 0 else \
         auto_memory_budget(workers=max(1, cpu_allocation() // max(1, int(nthreads))))
     segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),

@@ -26,6 +26,7 @@ import torch
 
 from l2s_pipelines.errors import InputError, ModelError
 from l2s_pipelines.inference.memory import MemoryPlan
+from l2s_pipelines.io.checks import check_input_image
 from l2s_pipelines.inference.resample import native_blocks
 from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window
 from l2s_pipelines.io.checkpoint import load_model_package
@@ -121,30 +122,6 @@ class SegmentationResult:
             img.header["descrip"] = b"probability = value * scl_slope (1/255)"
             return img
         return self._image(self.posteriors, np.float32)
-
-
-def _check_input(img, name: str) -> np.ndarray:
-    """Input image -> float32 (X, Y, Z) array, or InputError naming ``name``."""
-    if not isinstance(img, nib.spatialimages.SpatialImage):
-        raise InputError(f"{name}: expected a NIfTI image, got {type(img).__name__}")
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(f"{name}: expected a 3D image (or 4D with one volume), got shape {img.shape}")
-    if min(shape) < 1:
-        raise InputError(f"{name}: empty image of shape {img.shape}")
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
-        raise InputError(f"{name}: the affine is not invertible or not finite")
-    data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape)  # no cached copy in img
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise InputError(f"{name}: contains {bad} NaN or infinite voxel values")
-    lo, hi = float(data.min()), float(data.max())
-    if hi == lo:
-        what = "all zero" if hi == 0 else f"constant (every voxel = {hi:g})"
-        raise InputError(f"{name}: image is {what}; nothing to segment")
-    return data
 
 
 class Segmenter:
@@ -268,7 +245,7 @@ class Segmenter:
         name = source_name or (img.get_filename() if hasattr(img, "get_filename") else None) or "<image>"
         t = {}
         t0 = time.perf_counter()
-        data = _check_input(img, name)
+        data = check_input_image(img, name)
         native_affine = np.array(img.affine, dtype=np.float64)
         t["checks"] = time.perf_counter() - t0
         t1 = time.perf_counter()

@@ -58,7 +58,8 @@ class Bench:
         torch.manual_seed(0)
         self.g = torch.Generator().manual_seed(0)
         shape = tuple(args.shape)
-        self.net = UNet(UNetConfig(ndim=2, out_channels=args.classes, **{**PAPER_UNET, "widths": tuple(PAPER_UNET["widths"])}))
+        arch = {**PAPER_UNET, "widths": tuple(PAPER_UNET["widths"]), "norm": args.norm}
+        self.net = UNet(UNetConfig(ndim=2, out_channels=args.classes, **arch))
         self.aug = ParametricAugmenter(2)
         self.opt, self.aug_opt = FunctionalAdam(1e-3), FunctionalAdam(1e-3)
         self.syn = make_batch(args.batch, shape, args.classes, self.g)
@@ -117,6 +118,9 @@ def main(argv=None):
     p.add_argument("--shape", type=int, nargs=2, default=[192, 176])
     p.add_argument("--classes", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--norm", choices=["instance", "none"], default="instance",
+                   help="normalisation of the UNet: instance (what the synthetic benchmarks train) or "
+                        "none (the paper's network as published)")
     p.add_argument("--child", choices=["plain", "l2s"], help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS / "speed_l2s.json")
     args = p.parse_args(argv)
@@ -134,14 +138,14 @@ def main(argv=None):
             times[name].append(time.perf_counter() - t)
     memory = {}
     base_cmd = [sys.executable, __file__, "--batch", str(args.batch), "--classes", str(args.classes),
-                "--threads", str(args.threads), "--shape", *map(str, args.shape)]
+                "--threads", str(args.threads), "--norm", args.norm, "--shape", *map(str, args.shape)]
     for name in ("plain", "l2s"):
         out = subprocess.run(base_cmd + ["--child", name], capture_output=True, text=True, check=True)
         memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "network": {"widths": PAPER_UNET["widths"], "params": sum(q.numel() for q in bench.net.parameters()),
-                    "classes": args.classes},
+                    "classes": args.classes, "norm": args.norm},
         "batch": [args.batch, 1, *args.shape], "repeats": repeats, "quick": bool(args.quick),
         "plain_step_s": med["plain"], "l2s_iteration_s": med["l2s"], "time_ratio": med["l2s"] / med["plain"],
         "times_s": times,

@@ -43,6 +43,12 @@ def synthetic_pairs(label_maps, generator_cfg: dict, patch_size, corruption=None
     return CorruptedSyntheticPairs(SyntheticSource(label_maps, synth), corruption)
 
 
+def noise_free_test_pairs(test_maps, patch: int, corruption=None):
+    """Held-out validation/test pairs: synthetic images of the test maps (noise step off), then
+    ``corruption``; used for the logged validation Dice and for Table 2's scores."""
+    return synthetic_pairs(test_maps, no_noise_generator(), (patch, patch), corruption)
+
+
 def no_noise_generator() -> dict:
     """SynthSeg-style generator configuration with the noise step switched off."""
     from l2s_pipelines.synth import SynthConfig
@@ -85,14 +91,17 @@ def add_budget_args(parser, *, steps: int, warmup: int, batch: int, patch: int):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 steps, 4 warm-up, batch 2, 64^2")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the runs' outputs (default: temporary)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the runs (default: temporary); runs found there are resumed or reused")
+    parser.add_argument("--eval-every", type=int, default=500,
+                        help="score the held-out validation batch every N steps (logged only)")
     parser.add_argument("--out", type=Path, default=None)
 
 
 def apply_quick(args, name: str) -> None:
     """Shrink the budget for ``--quick`` and choose the output path (``*_quick.json`` when quick)."""
     if args.quick:
-        args.steps, args.warmup, args.batch, args.patch = 12, 4, 2, 64
+        args.steps, args.warmup, args.batch, args.patch, args.eval_every = 12, 4, 2, 64, 6
     if args.out is None:
         args.out = RESULTS / (f"{name}_quick.json" if args.quick else f"{name}.json")
     torch.set_num_threads(args.threads)
@@ -103,8 +112,8 @@ def base_config(args, **kw):
     from l2s_pipelines.train.trainer import TrainConfig
     cfg = dict(ndim=2, plane="axial", patch_size=(args.patch, args.patch), batch_size=args.batch,
                steps=args.steps, warmup_steps=args.warmup, lr=1e-3, lr_theta=args.lr_theta,
-               inner_optimizer="adam", loss="dice+ce", eval_every=max(args.steps, 1),
-               checkpoint_every=max(args.steps, 1), log_every=max(1, args.steps // 20), seed=args.seed,
+               inner_optimizer="adam", loss="dice+ce", eval_every=args.eval_every,
+               checkpoint_every=250, log_every=max(1, args.steps // 50), seed=args.seed,
                unet=dict(PAPER_UNET), generator=no_noise_generator(), voxel_size_mm=(2.0, 2.0, 2.0))
     cfg.update(kw)
     return TrainConfig(**cfg)
@@ -112,5 +121,52 @@ def base_config(args, **kw):
 
 def run_dir(args, name: str) -> Path:
     import tempfile
-    root = args.work or Path(tempfile.mkdtemp(prefix="l2s-bench-"))
-    return root / name
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
+    return args.work / name
+
+
+def train_in(args, name: str, cfg, **kw):
+    """Train ``cfg`` in ``run_dir(args, name)``, resuming (or returning at once) when it has a
+    checkpoint. A file lock makes two benchmark scripts sharing ``--work`` wait for each other
+    instead of training the same run twice (table2_dice reuses noise_recovery's Learn2Synth runs)."""
+    import fcntl
+    from l2s_pipelines.train.trainer import train
+    out = run_dir(args, name)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        t = time.time()
+        res = train(cfg, out_dir=out, resume=True, **kw)
+        print(f"{name}: {res.steps} steps ({time.time() - t:.0f} s this call)", flush=True)
+        return res
+
+
+def warm_started(args, name: str, cfg, *, warm_val=None, **kw):
+    """Learn2Synth run whose plain warm-up (``cfg.warmup_steps`` synthetic steps through the
+    augmenter at its start values) is trained once in ``work/warmup-seed<S>`` and shared.
+
+    Sharing is exact, not an approximation: the warm-up draws only synthetic batches from the run's
+    own seeded generator (never a "real" batch), so it is the same for every preset; its checkpoint (weights, Adam moments,
+    augmenter, RNG state) is copied into the run, which then resumes bit-identically
+    (tests/test_training.py checks resume) and runs the Learn2Synth steps on its own "real" data.
+    ``warm_val``: validation pairs scored during the warm-up (logged only)."""
+    import dataclasses
+    import shutil
+    warm = dataclasses.replace(cfg, steps=cfg.warmup_steps, name="warmup")
+    warm_dir = f"warmup-seed{cfg.seed}-{cfg.warmup_steps}"
+    train_in(args, warm_dir, warm, label_maps=kw["label_maps"], real_train=kw["real_train"], real_val=warm_val)
+    out = run_dir(args, name)
+    if not (out / "checkpoint").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(run_dir(args, warm_dir) / "checkpoint", out / "checkpoint")
+        shutil.copy2(run_dir(args, warm_dir) / "metrics.jsonl", out / "metrics.jsonl")
+    return train_in(args, name, cfg, **kw)
+
+
+def tail_mean(metrics_path: Path, key: str, fraction: float = 0.1) -> float:
+    """Mean of ``key`` over the last ``fraction`` of the logged steps of a metrics.jsonl."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    values = [r[key] for r in rows if r.get(key) is not None]
+    n = max(1, round(len(values) * fraction))
+    return float(sum(values[-n:]) / n)

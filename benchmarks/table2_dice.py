@@ -9,27 +9,28 @@ per-structure hard Dice (33 SynthSeg 2.0 labels, background excluded; not micro-
 N does not depend on sigma: it is trained once and scored at every sigma.
 Published (N / L / O): 0.31 / 0.89 / 0.89, 0.21 / 0.86 / 0.86, 0.14 / 0.84 / 0.84.
 
-Budget (default): 400 steps (150 warm-up for L), batch 4 x 96 x 96, paper UNet, 1 thread: 3 L
-runs of about 3-4 min and 4 N/O runs of about 1 min on one core here (0.47 s per Learn2Synth
-iteration, 0.12 s per plain step), about 15 min in all. ``--quick``: 12 steps, to check the script runs.
+Budget (default): every model gets the same 4500 steps, batch 4 x 96 x 96, paper UNet, 1 thread;
+L = 3000 plain warm-up steps + 1500 Learn2Synth iterations (the runs of noise_recovery.py: with the
+same ``--work`` they are trained once and reused; N and O are trained first, so the two scripts can
+run side by side on two cores). About 12 min per N/O run and 16 min per L run on one core here.
 
-    .venv/bin/python benchmarks/table2_dice.py [--quick] [--steps N] [--seed S]
+    .venv/bin/python benchmarks/table2_dice.py [--quick] [--steps N] [--warmup W] [--work DIR]
 Writes ``benchmarks/results/table2_dice.json`` (``table2_dice_quick.json`` with --quick): a list
-of {"sigma", "N", "L", "O", "steps", "seed", "test_images"}.
+of {"sigma", "N", "L", "O", "L_sigma", "steps", "warmup", "seed", "test_images"}.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_budget_args, apply_quick, base_config, load_slices, mean_dice_on,  # noqa: E402
-                    no_noise_generator, run_dir, synthetic_pairs, write_json)
+                    noise_free_test_pairs, tail_mean, train_in, write_json)
+from noise_recovery import add_sigma_arg, l2s_noise_run  # noqa: E402
 
 SIGMAS = [0.05, 0.10, 0.15]
 
@@ -37,40 +38,35 @@ SIGMAS = [0.05, 0.10, 0.15]
 def main(argv=None):
     from l2s_pipelines.labels import LabelTable
     from l2s_pipelines.train.data import NoiseCorruption
-    from l2s_pipelines.train.trainer import train
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_budget_args(p, steps=400, warmup=150, batch=4, patch=96)
+    add_budget_args(p, steps=4500, warmup=3000, batch=4, patch=96)
+    add_sigma_arg(p)
     p.add_argument("--test-size", type=int, default=64)
     args = p.parse_args(argv)
     apply_quick(args, "table2_dice")
     if args.quick:
         args.test_size = min(args.test_size, 8)
     k = len(LabelTable.default().values)
-    patch = (args.patch, args.patch)
     source, real, test = load_slices("source"), load_slices("real"), load_slices("test")
 
     def test_set(sigma):
-        pairs = synthetic_pairs(test, no_noise_generator(), patch, NoiseCorruption(sigma))
+        pairs = noise_free_test_pairs(test, args.patch, NoiseCorruption(sigma))
         return pairs.sample_batch(args.test_size, torch.Generator().manual_seed(10_000 + args.seed))
 
-    def fit(cfg, name, **kw):
-        t = time.time()
-        res = train(cfg, label_maps=source, out_dir=run_dir(args, name), **kw)
-        print(f"{name}: trained in {time.time() - t:.0f} s", flush=True)
-        return res.model
-
-    naive = fit(base_config(args, method="synthseg", name="table2-N"), "N")
+    naive = train_in(args, "N", base_config(args, method="synthseg", name="table2-N"), label_maps=source,
+                     real_val=noise_free_test_pairs(test, args.patch)).model
+    oracles = {s: train_in(args, f"O-{s}", base_config(args, method="oracle", oracle_noise_sigma=s,
+                                                         name=f"table2-O-{s}"), label_maps=source,
+                           real_val=noise_free_test_pairs(test, args.patch, NoiseCorruption(s))).model
+               for s in SIGMAS}
     results = []
     for sigma in SIGMAS:
         x, y = test_set(sigma)
-        real_train = synthetic_pairs(real, no_noise_generator(), patch, NoiseCorruption(sigma))
-        l2s = fit(base_config(args, method="l2s-parametric", augmenter={"bias": False, "sigma_init": 0.03},
-                              name=f"table2-L-{sigma}"), f"L-{sigma}", real_train=real_train)
-        oracle = fit(base_config(args, method="oracle", oracle_noise_sigma=sigma, name=f"table2-O-{sigma}"),
-                     f"O-{sigma}")
-        row = {"sigma": sigma, "N": mean_dice_on(naive, x, y, k), "L": mean_dice_on(l2s, x, y, k),
-               "O": mean_dice_on(oracle, x, y, k), "steps": args.steps, "seed": args.seed,
-               "test_images": args.test_size}
+        l2s = l2s_noise_run(args, sigma, source, real, test)
+        row = {"sigma": sigma, "N": mean_dice_on(naive, x, y, k), "L": mean_dice_on(l2s.model, x, y, k),
+               "O": mean_dice_on(oracles[sigma], x, y, k),
+               "L_sigma": tail_mean(l2s.metrics_path, "aug/noise_sigma"), "steps": args.steps,
+               "warmup": args.warmup, "seed": args.seed, "test_images": args.test_size}
         print(row, flush=True)
         results.append(row)
         write_json(args.out, results)

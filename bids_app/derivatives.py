@@ -385,6 +385,21 @@ def image_is_complete(output_dir, entities: dict, spaces=()) -> bool:
             and all(space_is_complete(output_dir, entities, t) for t in spaces))
 
 
+def conflicting_source(output_dir, entities: dict, source_file) -> str | None:
+    """The input cited by an existing ``_dseg.json`` at this image's output names when it is not
+    ``source_file`` (e.g. a T1w segmentation where a ``--input-suffix T2w`` run would write:
+    derivative names carry no contrast), else None. Compared by file name."""
+    sidecar = _with(derivative_prefix(output_dir, entities), "_dseg.json")
+    try:
+        cited = json.loads(sidecar.read_text()).get("Sources", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    names = [unquote(str(uri)).rsplit("/", 1)[-1].rsplit(":", 1)[-1] for uri in cited[:1]]
+    if names and names[0] != Path(source_file).name:
+        return str(cited[0])
+    return None
+
+
 def quote_path(path) -> str:
     """URL-quote a relative path for use in HTML links (spaces, #, ...)."""
     return quote(Path(path).as_posix())

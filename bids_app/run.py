@@ -293,7 +293,12 @@ def run_participant(opts) -> int:
             clean_work_dir(opts.work_dir)
             todo = []
             for i, im in enumerate(images):
-                if deriv.image_is_complete(opts.output_dir, im.entities, spaces=opts.output_spaces):
+                other = deriv.conflicting_source(opts.output_dir, im.entities, im.path)
+                if other:
+                    board.set(i, "failed", error=f"{deriv.derivative_prefix(opts.output_dir, im.entities)}_dseg.json "
+                              f"holds the segmentation of {other}, not of {im.path}; refusing to overwrite it "
+                              "(use another OUTPUT_DIR per input contrast)")
+                elif deriv.image_is_complete(opts.output_dir, im.entities, spaces=opts.output_spaces):
                     board.set(i, "skipped", error="")
                 else:
                     todo.append(i)

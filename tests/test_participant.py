@@ -90,6 +90,16 @@ def test_selection_by_participant_and_session(bids_dir, model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(r["subject"], r["session"]) for r in read_summary(out)] == [("02", "2")]
     assert not (out / "sub-01").exists() and not (out / "sub-02" / "ses-1").exists()
+    # a T2w of the same session into the same folder would take the T1w's names: refused, named
+    t2w = image_path(bids_dir, "02", "2", suffix="T2w")
+    t2w.write_bytes(image_path(bids_dir, "02", "2").read_bytes())
+    before = (out / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_dseg.json").read_text()
+    proc = run_cli(bids_dir, out, "participant", "--participant_label", "02", "--session-label", "2",
+                   "--input-suffix", "T2w", "--model", model_dir, "-w", tmp_path / "w", "--nprocs", "1")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    row, = read_summary(out)
+    assert row["status"] == "failed" and "sub-02_ses-2_T1w.nii.gz" in row["error"] and str(t2w) in row["error"]
+    assert (out / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_dseg.json").read_text() == before
 
 
 def test_identical_files_do_not_collapse(tmp_path, model_dir):

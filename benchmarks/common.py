@@ -164,6 +164,12 @@ def warm_started(args, name: str, cfg, *, warm_val=None, **kw):
     return train_in(args, name, cfg, **kw)
 
 
+def trajectory(metrics_path: Path, key: str, every: int = 25) -> list[list[float]]:
+    """``[[step, value], ...]`` of ``key`` in a metrics.jsonl, one point every ``every`` steps."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    return [[r["step"], r[key]] for r in rows if r.get(key) is not None and r["step"] % every == 0]
+
+
 def tail_mean(metrics_path: Path, key: str, fraction: float = 0.1) -> float:
     """Mean of ``key`` over the last ``fraction`` of the logged steps of a metrics.jsonl."""
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]

@@ -17,7 +17,8 @@ keeps the two scripts from training the same run at once).
 
     .venv/bin/python benchmarks/noise_recovery.py [--quick] [--steps N] [--warmup W] [--work DIR]
 Writes ``benchmarks/results/noise_recovery.json`` (``noise_recovery_quick.json`` with --quick):
-a list of {"preset", "inferred_sigma", "final_sigma", "seed", "steps", "warmup"}.
+a list of {"preset", "inferred_sigma", "final_sigma", "seed", "steps", "warmup", "sigma_trajectory"},
+and the figure ``noise_recovery_sigma.png`` (sigma against step, one line per preset).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_budget_args, apply_quick, base_config, load_slices, no_noise_generator,  # noqa: E402
-                    noise_free_test_pairs, synthetic_pairs, tail_mean, warm_started, write_json)
+                    noise_free_test_pairs, synthetic_pairs, tail_mean, trajectory, warm_started, write_json)
 
 #: run order: the three sigmas Table 2 reuses first
 PRESETS = [0.05, 0.10, 0.15, 0.0, (0.025, 0.2)]
@@ -74,8 +75,33 @@ def main(argv=None):
               f"published {PUBLISHED[name]})", flush=True)
         results.append({"preset": name, "inferred_sigma": sigma, "final_sigma": res.augmentation["noise_sigma"],
                         "seed": args.seed, "steps": args.steps, "warmup": args.warmup,
-                        "final_val_dice": res.final_val_dice})
+                        "final_val_dice": res.final_val_dice,
+                        "sigma_trajectory": trajectory(res.metrics_path, "aug/noise_sigma", max(1, args.steps // 200))})
         write_json(args.out, results)
+        plot_trajectories(results, args.out.with_name(args.out.stem + "_sigma.png"))
+
+
+def plot_trajectories(results: list[dict], path: Path) -> Path:
+    """Sigma of the augmenter against training step, one line per preset (dashed: the preset)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for i, r in enumerate(results):
+        steps, sigmas = zip(*r["sigma_trajectory"]) if r["sigma_trajectory"] else ((), ())
+        line, = ax.plot(steps, sigmas, label=f"preset {r['preset']}", color=f"C{i}")
+        if not r["preset"].startswith("U"):
+            ax.axhline(float(r["preset"]), color=line.get_color(), ls="--", lw=0.8)
+    ax.axvline(results[0]["warmup"], color="grey", ls=":", lw=0.8)
+    ax.set(xlabel="training step (dotted: end of the plain warm-up)", ylabel="learnable noise sigma",
+           title="Table 1: noise recovery (dashed: preset)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
 
 
 if __name__ == "__main__":

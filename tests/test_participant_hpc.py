@@ -1,5 +1,5 @@
 """Participant level through the cluster workers and with template-space outputs, end to end on
-the tiny generated dataset: ``--plugin dask`` (a private LocalCluster), ``--plugin slurm`` (the
+the tiny generated dataset: ``--plugin dask`` (a private LocalCluster), ``--plugin slurm`` and ``--plugin sge`` (the
 stand-in scheduler commands of tests/hpc_standins run the job scripts locally, so Pydra's real
 SLURM worker code runs), ``--output-spaces`` with the test-only TemplateFlow home, ``--mem``
 reaching the segmentation task, and the ``--plugin-args`` checks."""
@@ -50,22 +50,26 @@ def test_dask_plugin_local_cluster_and_mem(bids_dir, model_dir, tmp_path):
     assert len(infos) == 2 and all(i["memory_budget_mb"] == 600 for i in infos)
 
 
-@pytest.mark.timeout(240)
-def test_slurm_plugin_with_standin_scheduler(bids_dir, model_dir, tmp_path, monkeypatch):
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("plugin, resources", [
+    ("slurm", ["sbatch_args=--time=00:05:00"]),
+    ("sge", ["default_qsub_args=-l h_rt=00:05:00", "collect_jobs_delay=0"]),  # the project's SGE worker
+])
+def test_cluster_plugin_with_standin_scheduler(bids_dir, model_dir, tmp_path, monkeypatch, plugin, resources):
     state = tmp_path / "scheduler"
     monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("HPC_STANDIN_STATE", str(state))
     out, work = tmp_path / "out", tmp_path / "work"
     proc = run_cli(bids_dir, out, "participant", "--model", model_dir, "-w", work, "--participant-label", "01",
-                   "--nprocs", "1", "--plugin", "slurm", "--plugin-args", "poll_delay=0",
-                   "sbatch_args=--time=00:05:00", timeout=240)
+                   "--nprocs", "1", "--plugin", plugin, "--plugin-args", "poll_delay=0", *resources, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["status"] for r in read_summary(out)] == ["ok"]
     assert (out / "sub-01" / "anat" / "sub-01_dseg.json").is_file()
-    # every node (check, segment) went through sbatch with the user's resource request, and ran
+    # every node (check, segment) went through the scheduler with the user's resource request, and ran
     submissions = sorted(state.glob("*.args"))
     assert len(submissions) == 2
-    assert all("--time=00:05:00" in a.read_text() for a in submissions)
+    request = resources[0].split("=", 1)[1]
+    assert all(request in a.read_text() for a in submissions)
     assert [(state / f"{a.name.split('.')[0]}.rc").read_text().strip() for a in submissions] == ["0", "0"]
 
 

@@ -1,7 +1,7 @@
 """Participant level through the cluster workers and with template-space outputs, end to end on
-the tiny generated dataset: ``--plugin dask`` (a private LocalCluster), ``--plugin slurm`` and ``--plugin sge`` (the
-stand-in scheduler commands of tests/hpc_standins run the job scripts locally, so Pydra's real
-SLURM worker code runs), ``--output-spaces`` with the test-only TemplateFlow home, ``--mem``
+the tiny generated dataset: ``--plugin dask`` (a private LocalCluster), ``--plugin slurm`` and
+``--plugin sge`` (the stand-in scheduler commands of tests/hpc_standins run the job scripts
+locally, so Pydra's SLURM worker and the project's SGE worker really run), ``--output-spaces`` with the test-only TemplateFlow home, ``--mem``
 reaching the segmentation task, and the ``--plugin-args`` checks."""
 
 from __future__ import annotations

@@ -45,12 +45,12 @@ def l2s_noise_run(args, preset, source, real, test):
     from l2s_pipelines.train.data import NoiseCorruption
     name = preset_name(preset)
     corruption = NoiseCorruption(preset) if preset != 0.0 else None
-    real_train = synthetic_pairs(real, no_noise_generator(), (args.patch, args.patch), corruption)
+    real_train = synthetic_pairs(real, no_noise_generator(args.generator), (args.patch, args.patch), corruption)
     cfg = base_config(args, method="l2s-parametric", augmenter={"bias": False, "sigma_init": args.sigma_init},
                       name=f"noise-recovery-{name}")
     return warm_started(args, f"L-{name}", cfg, label_maps=source, real_train=real_train,
-                        real_val=noise_free_test_pairs(test, args.patch, corruption),
-                        warm_val=noise_free_test_pairs(test, args.patch))
+                        real_val=noise_free_test_pairs(args, test, corruption),
+                        warm_val=noise_free_test_pairs(args, test))
 
 
 def add_sigma_arg(p) -> None:

@@ -50,14 +50,14 @@ def main(argv=None):
     source, real, test = load_slices("source"), load_slices("real"), load_slices("test")
 
     def test_set(sigma):
-        pairs = noise_free_test_pairs(test, args.patch, NoiseCorruption(sigma))
+        pairs = noise_free_test_pairs(args, test, NoiseCorruption(sigma))
         return pairs.sample_batch(args.test_size, torch.Generator().manual_seed(10_000 + args.seed))
 
     naive = train_in(args, "N", base_config(args, method="synthseg", name="table2-N"), label_maps=source,
-                     real_val=noise_free_test_pairs(test, args.patch)).model
+                     real_val=noise_free_test_pairs(args, test)).model
     oracles = {s: train_in(args, f"O-{s}", base_config(args, method="oracle", oracle_noise_sigma=s,
                                                          name=f"table2-O-{s}"), label_maps=source,
-                           real_val=noise_free_test_pairs(test, args.patch, NoiseCorruption(s))).model
+                           real_val=noise_free_test_pairs(args, test, NoiseCorruption(s))).model
                for s in SIGMAS}
     results = []
     for sigma in SIGMAS:

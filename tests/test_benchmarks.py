@@ -58,13 +58,13 @@ def test_shared_warmup_equals_a_fresh_run(tmp_path):
 
     class Args:
         steps, warmup, batch, patch, eval_every, lr_theta, seed, threads = 8, 4, 2, 48, 8, 1e-2, 0, 1
-        sigma_init, work = 0.03, tmp_path / "work"
+        sigma_init, work, generator = 0.03, tmp_path / "work", "light"
 
     args = Args()
     source, real, test = (common.load_slices(p, voxel_size=4.0) for p in ("source", "real", "test"))
     noise_recovery.l2s_noise_run(args, 0.15, source, real, test)  # builds the shared warm-up first
     shared = noise_recovery.l2s_noise_run(args, 0.1, source, real, test)
-    real_train = common.synthetic_pairs(real, common.no_noise_generator(), (48, 48), NoiseCorruption(0.1))
+    real_train = common.synthetic_pairs(real, common.no_noise_generator("light"), (48, 48), NoiseCorruption(0.1))
     cfg = common.base_config(args, method="l2s-parametric", augmenter={"bias": False, "sigma_init": 0.03},
                              name="noise-recovery-0.1")
     fresh = train(cfg, label_maps=source, real_train=real_train, out_dir=tmp_path / "fresh")

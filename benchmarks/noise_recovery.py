@@ -1,7 +1,8 @@
 """Paper Table 1: can a learnable-sigma augmenter recover the noise level of the "real" images?
 
 Source images (segmenter's data) and "real" images are both synthesised by the SynthSeg-style
-generator with its noise step off, from different subjects' label maps (2D axial slices at 2 mm:
+generator with its noise step off (``--generator light``, the default: also without bias field,
+gamma, blur and low resolution, see ``common.no_noise_generator``), from different subjects' label maps (2D axial slices at 2 mm:
 source = maps 01-10, real = maps 11-15). The "real" images then get Gaussian noise of a preset
 sigma: 0, 0.05, 0.10, 0.15, or per image U[0.025, 0.2]. Learn2Synth (parametric augmenter with
 noise only, ``sigma = softplus(s)`` starting at ``--sigma-init``) trains the segmenter.

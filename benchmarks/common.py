@@ -29,10 +29,14 @@ def label_map_paths(part: str) -> list[Path]:
     return [DATA / "label_maps" / f"training_seg_{i:02d}.nii.gz" for i in SPLIT[part]]
 
 
-def load_slices(part: str, voxel_size: float = 2.0, plane: str = "axial"):
-    """``LabelMapDataset`` of 2D slices of one part of the split (loaded once per call)."""
+def load_slices(part: str, voxel_size: float = 2.0, plane: str = "axial", content: str = "brain"):
+    """``LabelMapDataset`` of 2D slices of one part of the split (loaded once per call). ``content``:
+    ``brain`` = slices chosen by the 33 segmentation labels (``all``: by any non-zero label, which
+    keeps slices of the neck that hold no structure to segment)."""
     from l2s_pipelines.io.nifti import LabelMapDataset
-    return LabelMapDataset(label_map_paths(part), voxel_size=voxel_size, ndim=2, plane=plane)
+    from l2s_pipelines.labels import LabelTable
+    return LabelMapDataset(label_map_paths(part), voxel_size=voxel_size, ndim=2, plane=plane,
+                           content_labels=LabelTable.default().values if content == "brain" else None)
 
 
 def synthetic_pairs(label_maps, generator_cfg: dict, patch_size, corruption=None):

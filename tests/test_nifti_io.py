@@ -151,3 +151,17 @@ def test_real_pair_dataset(tmp_path):
         RealPairDataset([img], [save(tmp_path / "badref.nii.gz", bad, LIA)], table)
     with pytest.raises(InputError, match="other.nii.gz"):
         RealPairDataset([img], [save(tmp_path / "other.nii.gz", d[:10], LIA)], table)
+
+
+def test_label_map_dataset_2d_slices_chosen_by_content_labels(tmp_path):
+    d = labels_volume()
+    d[:, :, 0:2] = 500  # a "neck" slab: an extracerebral generation label only
+    path = save(tmp_path / "m.nii.gz", d)
+    any_label = LabelMapDataset([path], ndim=2, plane="axial")
+    brain = LabelMapDataset([path], ndim=2, plane="axial", content_labels=[0, 2, 41, 17])
+    assert {s for _, s in any_label.index.pairs} >= {0, 1}
+    assert {s for _, s in brain.index.pairs} == set(range(2, 8))
+    b = brain.sample_batch(16, torch.Generator().manual_seed(0), (16, 16))
+    assert (torch.isin(b.reshape(16, -1), torch.tensor([2, 17, 41])).sum(1) > 0).all()
+    with pytest.raises(InputError, match="content labels"):
+        LabelMapDataset([path], ndim=2, content_labels=[3])

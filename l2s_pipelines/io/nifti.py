@@ -154,12 +154,15 @@ class LabelMapDataset:
     voxel_size : mm, optional nearest resampling
     ndim : 2 (random slices along ``plane``) or 3 (random 3D windows)
     plane : "sagittal", "coronal" or "axial" (2D only)
-    min_fraction : a slice is used when its non-zero fraction is at least this share of the
+    min_fraction : a slice is used when its content fraction is at least this share of the
         fullest slice of its volume (skips near-empty slices)
+    content_labels : label values that count as content for that choice (e.g. the label table's
+        structures, so that slices of the neck, with only extracerebral labels, are skipped);
+        default: every non-zero label
     """
 
     def __init__(self, paths, *, voxel_size=None, ndim: int = 3, plane: str = "axial",
-                 min_fraction: float = 0.25):
+                 min_fraction: float = 0.25, content_labels=None):
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         self.paths = [Path(p) for p in paths]
@@ -174,7 +177,16 @@ class LabelMapDataset:
             nz = torch.nonzero(lab[0])
             lo, hi = nz.min(0).values, nz.max(0).values + 1
             self.volumes.append(lab[0, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].to(torch.int16).clone())
-        self.index = _SliceIndex([v != 0 for v in self.volumes], plane, min_fraction) if ndim == 2 else None
+        self.index = None
+        if ndim == 2:
+            content = None
+            if content_labels is not None:
+                content = torch.tensor(sorted({int(v) for v in content_labels} - {0}), dtype=torch.int16)
+            masks = [(v != 0) if content is None else torch.isin(v, content) for v in self.volumes]
+            if not any(bool(m.any()) for m in masks):
+                raise InputError(f"{self.paths[0].parent}: no slice of these label maps holds any of the "
+                                 f"content labels {content.tolist()}")
+            self.index = _SliceIndex(masks, plane, min_fraction)
 
     def __len__(self) -> int:
         return len(self.volumes)

@@ -50,6 +50,13 @@ def section_speed() -> list[str]:
                 f"Hypergradient every 2nd / 4th step (a named deviation from the paper): "
                 f"{_f(l2s.get('deviation_hyper_every_2_ratio'), 2)}x / {_f(l2s.get('deviation_hyper_every_4_ratio'), 2)}x. "
                 f"Command: `.venv/bin/python benchmarks/bench_l2s_step.py`.", ""]
+    bare = _load("speed_l2s_nonorm.json")
+    if bare:
+        out += [f"The same without normalisation (the paper's network exactly as published; the synthetic "
+                f"experiments here add InstanceNorm): **{_f(bare['time_ratio'], 2)}x** time "
+                f"({_f(bare['plain_step_s'], 3)} s vs {_f(bare['l2s_iteration_s'], 3)} s), "
+                f"**{_f(bare['memory_ratio'], 2)}x** peak memory. Command: `.venv/bin/python "
+                f"benchmarks/bench_l2s_step.py --norm none --out benchmarks/results/speed_l2s_nonorm.json`.", ""]
     return out
 
 

@@ -30,6 +30,13 @@ def _missing(name: str, command: str) -> list[str]:
 
 def section_speed() -> list[str]:
     out = ["## Speed of synthesis and of a Learn2Synth iteration (issue #2)", ""]
+    both = _load("speed.json")
+    if both:
+        out += [f"Measured side by side in one run by `benchmarks/speed.py` ({both['threads']} threads, "
+                f"{both['environment']['time']}; `results/speed.json`): generator/cornucopia "
+                f"{_f(both['generator_vs_cornucopia_3d'], 1)}x (3D), {_f(both['generator_vs_cornucopia_2d'], 1)}x (2D); "
+                f"Learn2Synth iteration / plain step {_f(both['l2s_step_over_synthseg_step'], 2)}x time, "
+                f"{_f(both['memory_ratio'], 2)}x peak memory. The parts, from their own files:", ""]
     gen = _load("speed_generator.json")
     if gen:
         s = gen["seconds"]

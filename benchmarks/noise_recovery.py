@@ -76,6 +76,7 @@ def main(argv=None):
               f"published {PUBLISHED[name]})", flush=True)
         results.append({"preset": name, "inferred_sigma": sigma, "final_sigma": res.augmentation["noise_sigma"],
                         "seed": args.seed, "steps": args.steps, "warmup": args.warmup,
+                        "generator": args.generator, "batch": args.batch, "patch": args.patch,
                         "final_val_dice": res.final_val_dice,
                         "sigma_trajectory": trajectory(res.metrics_path, "aug/noise_sigma", max(1, args.steps // 200))})
         write_json(args.out, results)

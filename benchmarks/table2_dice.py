@@ -66,7 +66,8 @@ def main(argv=None):
         row = {"sigma": sigma, "N": mean_dice_on(naive, x, y, k), "L": mean_dice_on(l2s.model, x, y, k),
                "O": mean_dice_on(oracles[sigma], x, y, k),
                "L_sigma": tail_mean(l2s.metrics_path, "aug/noise_sigma"), "steps": args.steps,
-               "warmup": args.warmup, "seed": args.seed, "test_images": args.test_size}
+               "warmup": args.warmup, "seed": args.seed, "test_images": args.test_size,
+               "generator": args.generator, "batch": args.batch, "patch": args.patch}
         print(row, flush=True)
         results.append(row)
         write_json(args.out, results)

@@ -84,7 +84,7 @@ def section_synthetic() -> list[str]:
         out += [f"| {r['preset']} | {_f(r['inferred_sigma'], 4)} | {_f(r.get('final_sigma'), 4)} "
                 f"| {published.get(r['preset'], 'n/a')} | {r['steps']} ({r.get('warmup', 'n/a')}) | {r['seed']} |"
                 for r in nr]
-        out += ["", "Command: `.venv/bin/python benchmarks/noise_recovery.py --work /work/runs/synthetic` "
+        out += ["", "Command: `.venv/bin/python benchmarks/noise_recovery.py --work runs/synthetic` "
                 "(defaults: 4500 steps, 3000 warm-up).", ""]
         if (RESULTS / "noise_recovery_sigma.png").is_file():
             out += ["![sigma against training step](results/noise_recovery_sigma.png)", ""]
@@ -98,7 +98,7 @@ def section_synthetic() -> list[str]:
                 "| sigma | N | L | O | L's sigma | steps | test images |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['sigma']} | {_f(r['N'])} | {_f(r['L'])} | {_f(r['O'])} | {_f(r.get('L_sigma'), 4)} "
                 f"| {r['steps']} | {r.get('test_images', 'n/a')} |" for r in t2]
-        out += ["", "Command: `.venv/bin/python benchmarks/table2_dice.py --work /work/runs/synthetic` "
+        out += ["", "Command: `.venv/bin/python benchmarks/table2_dice.py --work runs/synthetic` "
                 "(same `--work` as noise_recovery.py: the Learn2Synth runs are shared).", ""]
     else:
         out += _missing("table2_dice.json", "benchmarks/table2_dice.py")

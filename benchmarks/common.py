@@ -7,9 +7,14 @@ so that source, "real" and held-out test images never share a subject.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,7 +146,6 @@ def base_config(args, **kw):
 
 
 def run_dir(args, name: str) -> Path:
-    import tempfile
     if args.work is None:
         args.work = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
     return args.work / name
@@ -151,7 +155,6 @@ def train_in(args, name: str, cfg, **kw):
     """Train ``cfg`` in ``run_dir(args, name)``, resuming (or returning at once) when it has a
     checkpoint. A file lock makes two benchmark scripts sharing ``--work`` wait for each other
     instead of training the same run twice (table2_dice reuses noise_recovery's Learn2Synth runs)."""
-    import fcntl
     from l2s_pipelines.train.trainer import train
     out = run_dir(args, name)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,19 +168,17 @@ def train_in(args, name: str, cfg, **kw):
 
 def warm_started(args, name: str, cfg, *, warm_val=None, **kw):
     """Learn2Synth run whose plain warm-up (``cfg.warmup_steps`` synthetic steps through the
-    augmenter at its start values) is trained once in ``work/warmup-seed<S>`` and shared.
+    augmenter at its start values) is trained once in ``work/warmup-<W>-<hash of its config>``
+    and shared by every run of the same configuration.
 
     Sharing is exact, not an approximation: the warm-up draws only synthetic batches from the run's
-    own seeded generator (never a "real" batch), so it is the same for every preset; its checkpoint (weights, Adam moments,
-    augmenter, RNG state) is copied into the run, which then resumes bit-identically
-    (tests/test_training.py checks resume) and runs the Learn2Synth steps on its own "real" data.
-    ``warm_val``: validation pairs scored during the warm-up (logged only)."""
-    import dataclasses
-    import shutil
+    own seeded generator (never a "real" batch), so it is the same for every preset; its checkpoint
+    (weights, Adam moments, augmenter, RNG state) is copied into the run, which then resumes and
+    runs the Learn2Synth steps on its own "real" data (tests/test_benchmarks.py checks the result
+    equals a fresh run). ``warm_val``: validation pairs scored during the warm-up (logged only)."""
     warm = dataclasses.replace(cfg, steps=cfg.warmup_steps, name="warmup")
-    import hashlib
     key = json.dumps({k: v for k, v in warm.to_dict().items() if k not in ("name", "command", "eval_every")},
-                     sort_keys=True)  # another configuration never reuses this warm-up
+                     sort_keys=True)
     warm_dir = f"warmup-{cfg.warmup_steps}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     train_in(args, warm_dir, warm, label_maps=kw["label_maps"], real_train=kw["real_train"], real_val=warm_val)
     out = run_dir(args, name)
@@ -188,15 +189,18 @@ def warm_started(args, name: str, cfg, *, warm_val=None, **kw):
     return train_in(args, name, cfg, **kw)
 
 
+def _logged(metrics_path: Path, key: str) -> list[dict]:
+    from l2s_pipelines.train.progress import MetricsLog
+    return [r for r in MetricsLog(metrics_path).read() if r.get(key) is not None]
+
+
 def trajectory(metrics_path: Path, key: str, every: int = 25) -> list[list[float]]:
     """``[[step, value], ...]`` of ``key`` in a metrics.jsonl, one point every ``every`` steps."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    return [[r["step"], r[key]] for r in rows if r.get(key) is not None and r["step"] % every == 0]
+    return [[r["step"], r[key]] for r in _logged(metrics_path, key) if r["step"] % every == 0]
 
 
 def tail_mean(metrics_path: Path, key: str, fraction: float = 0.1) -> float:
     """Mean of ``key`` over the last ``fraction`` of the logged steps of a metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    values = [r[key] for r in rows if r.get(key) is not None]
+    values = [r[key] for r in _logged(metrics_path, key)]
     n = max(1, round(len(values) * fraction))
     return float(sum(values[-n:]) / n)

@@ -2,17 +2,18 @@
 
 Source images (segmenter's data) and "real" images are both synthesised by the SynthSeg-style
 generator with its noise step off (``--generator light``, the default: also without bias field,
-gamma, blur and low resolution, see ``common.no_noise_generator``), from different subjects' label maps (2D axial slices at 2 mm:
-source = maps 01-10, real = maps 11-15). The "real" images then get Gaussian noise of a preset
-sigma: 0, 0.05, 0.10, 0.15, or per image U[0.025, 0.2]. Learn2Synth (parametric augmenter with
-noise only, ``sigma = softplus(s)`` starting at ``--sigma-init``) trains the segmenter.
+gamma, blur and low resolution, see ``common.no_noise_generator``), from different subjects' label
+maps (2D axial slices at 2 mm: source = maps 01-10, real = maps 11-15). The "real" images then get
+Gaussian noise of a preset sigma: 0, 0.05, 0.10, 0.15, or per image U[0.025, 0.2]. Learn2Synth
+(parametric augmenter with noise only, ``sigma = softplus(s)`` starting at ``--sigma-init``) trains
+the segmenter.
 Inferred sigma = the mean of the augmenter's sigma over the last 10% of the steps (the final value
 is reported too). Published: 0.001 / 0.042 / 0.098 / 0.146 / 0.134.
 
 Budget (default): 4500 steps per preset, the first 3000 plain warm-up steps (shared by all presets:
 trained once, see ``common.warm_started``), then 1500 Learn2Synth iterations; batch 4 x 96 x 96,
-paper UNet (33 classes), 1 thread. On one core here: about 0.15 s per plain step and 0.62 s per
-Learn2Synth iteration, so about 8 min of warm-up and 16 min per preset. ``--quick``: 12 steps.
+paper UNet (33 classes), 1 thread. Measured on one core here: about 0.14 s per plain step and 0.68 s per
+Learn2Synth iteration, so about 7 min of warm-up and 17 min per preset. ``--quick``: 12 steps.
 Run it beside table2_dice.py with the same ``--work`` to share the Learn2Synth runs (a file lock
 keeps the two scripts from training the same run at once).
 
@@ -78,7 +79,8 @@ def main(argv=None):
                         "seed": args.seed, "steps": args.steps, "warmup": args.warmup,
                         "generator": args.generator, "batch": args.batch, "patch": args.patch,
                         "final_val_dice": res.final_val_dice,
-                        "sigma_trajectory": trajectory(res.metrics_path, "aug/noise_sigma", max(1, args.steps // 200))})
+                        "sigma_trajectory": trajectory(res.metrics_path, "aug/noise_sigma",
+                                                       every=max(1, args.steps // 200))})
         write_json(args.out, results)
         plot_trajectories(results, args.out.with_name(args.out.stem + "_sigma.png"))
 

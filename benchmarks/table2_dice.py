@@ -3,9 +3,10 @@ learnable noise sigma) and O (oracle: SynthSeg trained with the true noise).
 
 Data: 2D axial slices at 2 mm of the label maps, split by subject: source = maps 01-10 (segmenter's
 synthetic data), real = maps 11-15 (Learn2Synth's labelled "real" scans: synthetic, noise-free
-generator, then Gaussian noise sigma; ``--generator light`` by default as in noise_recovery.py), test = maps 16-20 (never used in training: ``--test-size``
-synthetic images with the same corruption, fixed seed). Score: mean over test images of the mean
-per-structure hard Dice (33 SynthSeg 2.0 labels, background excluded; not micro-averaged).
+generator, then Gaussian noise sigma; ``--generator light`` by default as in noise_recovery.py),
+test = maps 16-20 (never used in training: ``--test-size`` synthetic images with the same
+corruption, fixed seed). Score: mean over test images of the mean per-structure hard Dice (33
+SynthSeg 2.0 labels, background excluded; not micro-averaged).
 N does not depend on sigma: it is trained once and scored at every sigma.
 Published (N / L / O): 0.31 / 0.89 / 0.89, 0.21 / 0.86 / 0.86, 0.14 / 0.84 / 0.84.
 

@@ -394,10 +394,10 @@ def conflicting_source(output_dir, entities: dict, source_file) -> str | None:
         cited = json.loads(sidecar.read_text()).get("Sources", [])
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
-    names = [unquote(str(uri)).rsplit("/", 1)[-1].rsplit(":", 1)[-1] for uri in cited[:1]]
-    if names and names[0] != Path(source_file).name:
-        return str(cited[0])
-    return None
+    if not cited:
+        return None
+    name = unquote(str(cited[0])).rsplit("/", 1)[-1].rsplit(":", 1)[-1]  # bids:raw:... or file://...
+    return None if name == Path(source_file).name else str(cited[0])
 
 
 def quote_path(path) -> str:

@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     content = (slices.reshape(SIZE, -1) > 0).float().mean(1)
     slices = slices[torch.argsort(content, descending=True)[:64]].contiguous()  # 64 slices
 
-    config = SynthConfig(flip=False, lowres_probability=1.0)
+    config = SynthConfig(flip=False, untouched_probability=0.0)
     ours = SynthGenerator(config, generation=gen_tsv)
     g = torch.Generator().manual_seed(0)
     ours(vol[None], g)  # warm-up (lookup tables, allocator)

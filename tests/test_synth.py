@@ -9,6 +9,7 @@ from l2s_pipelines.io.nifti import load_label_map
 from l2s_pipelines.labels import LabelTable
 from l2s_pipelines.synth import SynthConfig, SynthGenerator, corrupt_noise
 from l2s_pipelines.synth.sampling import resolution_matrix, smooth_upsample
+from l2s_pipelines.synth.intensity import sample_resolution
 
 MAP = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps" / "training_seg_01.nii.gz")
 GEN_TSV = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "label_maps" / "generation_labels.tsv")
@@ -107,8 +108,8 @@ def test_all_off_gives_class_intensity_image(slices_2d):
 
 STEPS = {
     "texture": dict(texture=True, max_intensity_sd=0.05), "intensity_sd": dict(max_intensity_sd=0.05),
-    "bias": dict(bias=True), "gamma": dict(gamma=True), "blur": dict(blur=True),
-    "lowres": dict(lowres=True, lowres_probability=1.0), "noise": dict(noise=True),
+    "bias": dict(bias=True), "gamma": dict(gamma=True), "blur": dict(blur=True, untouched_probability=0.0),
+    "lowres": dict(lowres=True, untouched_probability=0.0), "noise": dict(noise=True),
     "rescale": dict(rescale=True),
 }
 
@@ -188,3 +189,43 @@ def test_gpu_matches_cpu_parameters(slices_2d):
     gpu, tg = gen(slices_2d.cuda(), _gen(9))
     assert gpu.device.type == "cuda" and tg.shape == tc.shape
     assert (tg.cpu() == tc).float().mean() > 0.99
+
+
+def test_resolution_priors_are_in_mm():
+    """The same mm priors give half the voxel factor on a 2 mm grid as on a 1 mm grid, never
+    beyond max_thick_slice_mm / voxel, and isotropic samples are coarse along every axis."""
+    for vox in (1.0, 2.0):
+        cfg = SynthConfig(voxel_size_mm=vox)
+        res = sample_resolution(4000, 3, cfg, _gen(11))
+        f = res["factor"]
+        assert float(f.max()) <= cfg.max_thick_slice_mm / vox + 1e-5 and float(f.min()) >= 1.0
+        assert torch.all(res["fwhm"] == 0)  # the acquisition operator carries the slice profile
+        coarse_axes = (f > 1).sum(1)
+        iso_share = float((coarse_axes == 3).float().mean())
+        thick_share = float((coarse_axes == 1).float().mean())
+        assert abs(iso_share - cfg.iso_probability) < 0.03
+        assert abs(thick_share - (1 - cfg.iso_probability - cfg.untouched_probability)) < 0.03
+    f2 = sample_resolution(2000, 2, SynthConfig(voxel_size_mm=2.0), _gen(12))["factor"]
+    assert float(f2.max()) <= 4.0 + 1e-5
+    # in 2D a third of the thick-slice samples are thick through the plane: slice untouched
+    assert float(((f2 > 1).sum(1) == 0).float().mean()) > 0.25
+
+
+def test_skull_stripped_samples_have_no_extracerebral_signal(slices_2d):
+    """With skull stripping on, every voxel whose target is background (extracerebral labels
+    included) holds the background class's intensity; without it, extracerebral labels differ."""
+    table = LabelTable.default()
+    extra = [v for v in torch.unique(slices_2d).tolist() if v != 0 and v not in table.values]
+    assert extra, "fixture must hold extracerebral labels"
+    base = dict(background_zero_probability=1.0)
+    gen = SynthGenerator(SynthConfig.all_off(skull_strip_probability=1.0, **base))
+    image, target = gen(slices_2d, _gen(13))
+    assert torch.all(image[:, 0][target == 0] == 0)
+    gen = SynthGenerator(SynthConfig.all_off(**base))
+    image, target = gen(slices_2d, _gen(13))
+    assert torch.any(image[:, 0][target == 0] != 0)
+
+
+def test_old_voxel_based_settings_are_refused_clearly():
+    with pytest.raises(ValueError, match="max_lowres_factor"):
+        SynthConfig.from_dict({"max_lowres_factor": 8.0})

@@ -134,3 +134,67 @@ def test_bad_config_and_missing_data(tmp_path):
         TrainConfig(hyper_every=0)
     with pytest.raises(ValueError, match="real"):
         train(_config(), label_maps=_maps(2, 0), out_dir=tmp_path, label_table=_table())
+
+
+def test_foreach_adam_step_matches_functional_step():
+    from l2s_pipelines.train.functional_optim import FunctionalAdam
+    g = torch.Generator().manual_seed(0)
+    params = {"a": torch.randn(5, 3, generator=g), "b": torch.randn(7, generator=g)}
+    ref, fast = FunctionalAdam(1e-2), FunctionalAdam(1e-2)
+    p_ref = {k: v.clone() for k, v in params.items()}
+    p_fast = {k: v.clone() for k, v in params.items()}
+    for _ in range(3):
+        grads = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+        p_ref = ref.step(p_ref, grads)
+        fast.step_(p_fast, grads)
+    for k in params:
+        torch.testing.assert_close(p_fast[k], p_ref[k], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fast.m[k], ref.m[k])
+        torch.testing.assert_close(fast.v[k], ref.v[k])
+    assert fast.step_count == ref.step_count == 3
+
+
+def test_lr_schedule():
+    cfg = _config(lr=1e-3, steps=100, lr_warmup=10, lr_schedule="cosine", lr_end=0.1)
+    assert cfg.lr_at(0) == pytest.approx(1e-4)
+    assert cfg.lr_at(10) == pytest.approx(1e-3)
+    assert cfg.lr_at(55) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert cfg.lr_at(100) == pytest.approx(1e-4) and cfg.lr_at(500) == pytest.approx(1e-4)
+    lrs = [cfg.lr_at(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    poly = _config(lr=1e-3, steps=100, lr_schedule="poly", lr_end=0.0, schedule_steps=200)
+    assert poly.lr_at(100) == pytest.approx(1e-3 * 0.5 ** 0.9) and poly.lr_at(200) == pytest.approx(0)
+    # Adam restarted at step 60 (a run started from a package's weights): warmed up again
+    assert cfg.lr_at(60, restart=60) == pytest.approx(0.1 * cfg.lr_at(60))
+    assert cfg.lr_at(70, restart=60) == pytest.approx(cfg.lr_at(70))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(lr_schedule="step")
+
+
+def test_bf16_steps_log_lr_and_synthetic_validation(tmp_path):
+    res = _run(tmp_path, _config(method="synthseg", steps=4, amp="bf16", synth_val_size=2,
+                                 lr_schedule="cosine", lr_warmup=2))
+    recs = [json.loads(x) for x in res.metrics_path.read_text().splitlines()]
+    assert all(math.isfinite(r["synthetic_loss"]) for r in recs)
+    assert [r["lr"] for r in recs][:2] == pytest.approx([1e-3, 1e-2 * 0.55])  # lr 1e-2
+    assert [("synth_val_dice" in r) for r in recs] == [False, True, False, True]
+    assert 0 <= recs[-1]["synth_val_dice"] <= 1
+
+
+def test_init_from_package_continues_steps_and_curves(tmp_path):
+    import shutil
+    first = _run(tmp_path, _config(method="synthseg", steps=3), "first")
+    pkg = tmp_path / "pkg"
+    shutil.copytree(first.package_dir, pkg)
+    shutil.copy(first.metrics_path, pkg / "metrics.jsonl")
+    same = _run(tmp_path, _config(method="synthseg", steps=3, init_from=str(pkg)), "same")
+    for (k, a), (_, b) in zip(first.model.state_dict().items(), same.model.state_dict().items()):
+        assert torch.equal(a, b), k  # no step left to train: exactly the package's weights
+    more = _run(tmp_path, _config(method="synthseg", steps=5, init_from=str(pkg), lr_warmup=2), "more")
+    recs = [json.loads(x) for x in more.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    assert recs[3]["lr"] == pytest.approx(0.1 * 1e-2)  # Adam restarted: lr warmed up again
+    from l2s_pipelines.errors import ModelError
+    with pytest.raises(ModelError, match="another architecture"):
+        _run(tmp_path, _config(method="synthseg", steps=4, init_from=str(pkg),
+                               unet={"widths": [4, 4], "convs_per_level": 1}), "bad")

@@ -23,35 +23,46 @@ from l2s_pipelines.synth.sampling import new_seed
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Switches and ranges of every generator step (fractions of the field of view, degrees,
-    voxels, intensity units of the [0, 1] class means)."""
+    """Switches and ranges of every generator step.
 
+    Units: spatial ranges are fractions of the field of view or degrees; resolution and blur are
+    in **millimetres** and converted with ``voxel_size_mm`` (the training grid's spacing), so a
+    prior means the same at any training voxel size; intensities are in units of the [0, 1]
+    class means. Defaults follow SynthSeg's code (BBillot/SynthSeg ``brain_generator``):
+    class means U(0, 250)/255, sds U(0, 30)/255, bias field std U(0, 0.7) exponentiated, gamma
+    exp(N(0, 0.5)), resolution untouched in 5% of samples, U(1, 4) mm isotropic in 10%, else
+    U(1, 8) mm along one random axis, blur matched to the simulated acquisition.
+    """
+
+    voxel_size_mm: float = 1.0  # spacing of the training grid the maps are sampled on
     affine: bool = True
-    max_translation: float = 0.10  # fraction of FOV
+    max_translation: float = 0.05  # fraction of FOV
     max_rotation_deg: float = 15.0
     max_shear: float = 0.012
-    max_zoom: float = 0.15  # scale in 1 +/- max_zoom
+    max_zoom: float = 0.2  # scale in 1 +/- max_zoom
     elastic: bool = True
-    max_elastic: float = 0.05  # displacement amplitude, fraction of FOV
-    elastic_grid: int = 5  # control points per axis
-    intensity_mean: tuple[float, float] = (0.0, 1.0)
-    max_intensity_sd: float = 0.05
+    max_elastic: float = 0.03  # displacement amplitude, fraction of FOV
+    elastic_grid: int = 8  # control points per axis
+    intensity_mean: tuple[float, float] = (0.0, 250 / 255)
+    max_intensity_sd: float = 30 / 255
     texture: bool = True
     texture_weight: float = 0.5  # share of the within-class variance that is smooth texture
     texture_grid: int = 8
+    background_zero_probability: float = 0.2  # share of samples whose background class is 0
+    skull_strip_probability: float = 0.0  # share of samples with extracerebral labels -> background
     bias: bool = True
-    max_bias: float = 0.5  # bias field in 1 +/- max_bias
+    max_bias: float = 0.7  # std of the log bias field ~ U(0, max_bias), field = exp(N(0, std))
     bias_grid: int = 4
     gamma: bool = True
-    gamma_std: float = 0.6  # std of log(gamma)
-    blur: bool = True
-    max_blur_fwhm: float = 3.0  # voxels
-    lowres: bool = True
-    max_lowres_factor: float = 8.0
-    lowres_probability: float = 0.5
-    thick_slice_probability: float = 0.5
+    gamma_std: float = 0.5  # std of log(gamma)
+    blur: bool = True  # blur matched to the simulated acquisition (FWHM = slice spacing)
+    lowres: bool = True  # downsample to the simulated acquisition, then back to the grid
+    max_thick_slice_mm: float = 8.0  # thick slices: U(voxel, max) mm along one random axis
+    max_iso_res_mm: float = 4.0  # isotropic low resolution: U(voxel, max) mm
+    untouched_probability: float = 0.05
+    iso_probability: float = 0.10  # otherwise (1 - untouched - iso): thick slices
     noise: bool = True
-    max_noise_sd: float = 0.1
+    max_noise_sd: float = 0.04
     rescale: bool = True
     percentiles: tuple[float, float] = (1.0, 99.0)
     flip: bool = True
@@ -60,11 +71,24 @@ class SynthConfig:
     crop: bool = True  # random patch position (centred when False)
     patch_size: tuple[int, ...] | None = None  # None: output has the input's spatial shape
 
+    @classmethod
+    def mild(cls, **kw) -> "SynthConfig":
+        """Milder priors (the bundled model's recipe; see benchmarks/RESULTS.md): SynthSeg's
+        spatial and resolution priors in mm, milder bias, gamma and noise, and a share of
+        skull-stripped samples."""
+        d = dict(max_bias=0.4, gamma_std=0.4, max_noise_sd=0.03, skull_strip_probability=0.3)
+        d.update(kw)
+        return cls(**d)
+
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthConfig":
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown generator settings {unknown} (resolution and blur are in mm "
+                             f"since 0.3: max_thick_slice_mm, max_iso_res_mm)")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
     @classmethod
@@ -72,7 +96,8 @@ class SynthConfig:
         """Every random step off (only class intensities remain); override with ``kw``."""
         off = dict(affine=False, elastic=False, texture=False, bias=False, gamma=False,
                    blur=False, lowres=False, noise=False, rescale=False, flip=False, crop=False,
-                   max_intensity_sd=0.0)
+                   max_intensity_sd=0.0, background_zero_probability=0.0,
+                   skull_strip_probability=0.0)
         off.update(kw)
         return cls(**off)
 
@@ -95,6 +120,8 @@ class SynthParams:
     noise_sd: torch.Tensor | None = None  # (B,)
     noise_seed: int | None = None
     flip: torch.Tensor | None = None  # (B,) bool
+    skull_strip: torch.Tensor | None = None  # (B,) bool: extracerebral labels -> background
+    background_zero: torch.Tensor | None = None  # (B,) bool: background class intensity 0
 
     def scalars(self) -> dict:
         """Per-element scalar parameters as Python lists (for logging)."""
@@ -188,6 +215,10 @@ class SynthGenerator:
             p.noise_seed = new_seed(generator)
         if cfg.flip:
             p.flip = spatial.sample_flip(B, cfg.flip_probability, generator, dev)
+        if cfg.skull_strip_probability > 0:
+            p.skull_strip = spatial.sample_flip(B, cfg.skull_strip_probability, generator, dev)
+        if cfg.background_zero_probability > 0:
+            p.background_zero = spatial.sample_flip(B, cfg.background_zero_probability, generator, dev)
         return p
 
     def deform_labels(self, label_maps: torch.Tensor, params: SynthParams) -> torch.Tensor:
@@ -207,12 +238,22 @@ class SynthGenerator:
         dev = label_maps.device
         src = self.deform_labels(label_maps, params)
         cls_lut, tgt_lut, _ = self._tables(int(label_maps.max()), dev)
-        classes = cls_lut[src]
         target = tgt_lut[src[:, 0]]
+        if params.skull_strip is not None:  # extracerebral (target background) -> source 0
+            strip = params.skull_strip.reshape(-1, *[1] * (src.dim() - 1)) & (target[:, None] == 0)
+            src = torch.where(strip, torch.zeros_like(src), src)
+        classes = cls_lut[src]
         shape = src.shape
         white = None if params.white_seed is None else inten.seeded_normal(shape, params.white_seed, dev)
         it = params.intensity
-        image = inten.apply_intensity(classes, it["means"], it["sds"], white=white,
+        means, sds = it["means"], it["sds"]
+        if params.background_zero is not None:
+            bg = int(cls_lut[0])
+            zero = params.background_zero
+            means, sds = means.clone(), sds.clone()
+            means[:, bg] = torch.where(zero, torch.zeros_like(means[:, bg]), means[:, bg])
+            sds[:, bg] = torch.where(zero, torch.zeros_like(sds[:, bg]), sds[:, bg])
+        image = inten.apply_intensity(classes, means, sds, white=white,
                                       texture=it.get("texture"), texture_angle=it.get("texture_angle"),
                                       texture_weight=cfg.texture_weight)
         del classes, white

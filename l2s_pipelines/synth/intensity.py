@@ -74,10 +74,10 @@ def apply_intensity(classes: torch.Tensor, means, sds, white=None, texture=None,
 
 # ---------------------------------------------------------------- bias field, gamma
 def sample_bias(batch: int, ndim: int, cfg, generator, device=None) -> torch.Tensor:
-    """Coarse multiplicative bias (B, 1, *[cfg.bias_grid]*ndim): ``1 + a * U(-1, 1)`` with a
-    per-element amplitude ``a ~ U(0, cfg.max_bias)``."""
-    amp = uniform((batch,) + (1,) * (ndim + 1), 0, cfg.max_bias, generator, device)
-    return 1 + amp * uniform((batch, 1) + (cfg.bias_grid,) * ndim, -1, 1, generator, device)
+    """Coarse multiplicative bias (B, 1, *[cfg.bias_grid]*ndim): ``exp(s * N(0, 1))`` with a
+    per-element log-field std ``s ~ U(0, cfg.max_bias)`` (SynthSeg's exponentiated field)."""
+    std = uniform((batch,) + (1,) * (ndim + 1), 0, cfg.max_bias, generator, device)
+    return (std * normal((batch, 1) + (cfg.bias_grid,) * ndim, generator, device)).exp()
 
 
 def apply_bias(image: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
@@ -101,23 +101,34 @@ def apply_gamma(image: torch.Tensor, log_gamma: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- blur, low resolution
 def sample_resolution(batch: int, ndim: int, cfg, generator, device=None) -> dict:
-    """Blur FWHM and low-resolution factor per element and axis, each (B, ndim).
+    """Simulated acquisition per element and axis, in voxels of the training grid, each (B, ndim).
 
-    Blur FWHM ~ U(0, cfg.max_blur_fwhm) voxels (0 if blur is off). With probability
-    ``cfg.lowres_probability`` an element is acquired at low resolution: with probability
-    ``cfg.thick_slice_probability`` only one random axis (thick slices), otherwise every axis,
-    with factors U(1, cfg.max_lowres_factor); factor 1 elsewhere.
+    Drawn in mm (SynthSeg): untouched with probability ``cfg.untouched_probability``; isotropic
+    U(v, ``cfg.max_iso_res_mm``) with probability ``cfg.iso_probability``; otherwise thick
+    slices U(v, ``cfg.max_thick_slice_mm``) along one random axis of the *3D* head (in 2D, one
+    of three axes, so a third of thick-slice samples are thick through the plane and leave the
+    slice untouched). ``v = cfg.voxel_size_mm``. Returns ``factor`` = spacing / v (>= 1) and
+    ``fwhm`` = extra blur in voxels: 0 when ``cfg.lowres`` (the acquisition operator of
+    :func:`~l2s_pipelines.synth.sampling.resolution_matrix` carries the matched slice profile),
+    else the slice profile alone (blur without resampling).
     """
-    fwhm = uniform((batch, ndim), 0, cfg.max_blur_fwhm, generator, device)
-    if not cfg.blur:
-        fwhm = torch.zeros_like(fwhm)
-    factor = uniform((batch, ndim), 1, cfg.max_lowres_factor, generator, device)
-    applied = bernoulli((batch, 1), cfg.lowres_probability, generator, device)
-    thick = bernoulli((batch, 1), cfg.thick_slice_probability, generator, device)
-    axis = torch.randint(0, ndim, (batch, 1), generator=generator, device=generator.device)
-    one_axis = torch.arange(ndim, device=device)[None] == axis.to(device)
-    keep = applied & (~thick | one_axis) if cfg.lowres else torch.zeros_like(one_axis)
-    return {"fwhm": fwhm, "factor": torch.where(keep, factor, torch.ones_like(factor))}
+    v = float(cfg.voxel_size_mm)
+    u = uniform((batch, 1), 0, 1, generator, device)
+    iso = (u >= cfg.untouched_probability) & (u < cfg.untouched_probability + cfg.iso_probability)
+    thick = u >= cfg.untouched_probability + cfg.iso_probability
+    iso_mm = uniform((batch, 1), min(v, cfg.max_iso_res_mm), max(v, cfg.max_iso_res_mm), generator, device)
+    thick_mm = uniform((batch, 1), min(v, cfg.max_thick_slice_mm), max(v, cfg.max_thick_slice_mm),
+                       generator, device)
+    axis = torch.randint(0, 3, (batch, 1), generator=generator, device=generator.device).to(device)
+    one_axis = torch.arange(ndim, device=device)[None] == axis
+    spacing = torch.full((batch, ndim), v, device=device)
+    spacing = torch.where(iso.expand(-1, ndim), iso_mm.expand(-1, ndim), spacing)
+    spacing = torch.where(thick & one_axis, thick_mm.expand(-1, ndim), spacing)
+    factor = (spacing / v).clamp_min(1.0)
+    if cfg.lowres:  # the acquisition operator carries the matched slice profile itself
+        return {"fwhm": torch.zeros_like(factor), "factor": factor}
+    fwhm = torch.where(factor > 1, factor, torch.zeros_like(factor))  # blur only, same grid
+    return {"fwhm": fwhm, "factor": torch.ones_like(factor)}
 
 
 def apply_resolution(image: torch.Tensor, fwhm: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

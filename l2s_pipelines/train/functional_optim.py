@@ -72,6 +72,32 @@ class FunctionalAdam:
         self.step_count = t
         return out
 
+    @torch.no_grad()
+    def step_(self, params: Params, grads: Params) -> None:
+        """The same update as :meth:`step`, in place on ``params`` (not differentiable), with
+        ``torch._foreach_*`` kernels: the fast path of plain (non-Learn2Synth) steps."""
+        b1, b2 = self.betas
+        t = self.step_count + 1
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        keys = list(params)
+        for k in keys:
+            if k not in self.m:
+                self.m[k] = torch.zeros_like(params[k])
+                self.v[k] = torch.zeros_like(params[k])
+        p = [params[k] for k in keys]
+        g = [grads[k].to(params[k].dtype) for k in keys]
+        m = [self.m[k] for k in keys]
+        v = [self.v[k] for k in keys]
+        torch._foreach_lerp_(m, g, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+        denom = torch._foreach_div(v, c2)
+        torch._foreach_add_(denom, self.tiny)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(p, m, denom, value=-self.lr / c1)
+        self.step_count = t
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Moments as a flat dict ``m.<name>``, ``v.<name>`` (for safetensors)."""
         return {**{f"m.{k}": t for k, t in self.m.items()}, **{f"v.{k}": t for k, t in self.v.items()}}
@@ -93,6 +119,15 @@ def make_optimizer(kind: str, lr: float):
     if kind == "adam":
         return FunctionalAdam(lr)
     raise ValueError(f"unknown optimiser {kind!r}; choose sgd or adam")
+
+
+@torch.no_grad()
+def step_module_(module: torch.nn.Module, optimizer, grads: Params) -> None:
+    """In-place step of ``module``'s parameters named in ``grads``: the optimiser's foreach
+    ``step_`` when it has one (Adam), else :func:`step_module`."""
+    if not hasattr(optimizer, "step_"):
+        return step_module(module, optimizer, grads)
+    optimizer.step_({k: p for k, p in module.named_parameters() if k in grads}, grads)
 
 
 @torch.no_grad()

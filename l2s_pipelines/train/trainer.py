@@ -20,6 +20,8 @@ Each step is logged to ``out_dir/metrics.jsonl``; checkpoints go to ``out_dir/ch
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from l2s_pipelines.augment import build_augmenter
 from l2s_pipelines.nn.losses import get_loss, mean_dice
 from l2s_pipelines.nn.unet import UNet, UNetConfig
 from l2s_pipelines.train.data import CorruptedSyntheticPairs, NoiseCorruption, SyntheticSource
-from l2s_pipelines.train.functional_optim import make_optimizer, step_module
+from l2s_pipelines.train.functional_optim import make_optimizer, step_module, step_module_
 from l2s_pipelines.train.hypergrad import l2s_iteration
 from l2s_pipelines.train.progress import MetricsLog, Progress
 from l2s_pipelines.train.state import has_training_state, load_training_state, save_training_state
@@ -61,6 +63,12 @@ class TrainConfig:
     hyper_every: int = 1  # >1 is a named deviation from the paper: hypergradient every k-th step
     inner_optimizer: str = "adam"
     loss: str = "dice+ce"
+    amp: str = "none"  # "bf16": autocast of plain steps' forward pass (the meta-step stays fp32)
+    lr_schedule: str = "constant"  # "cosine" or "poly" (power 0.9) decay after lr_warmup
+    lr_warmup: int = 0  # steps of linear warm-up of the segmenter's lr from lr/10
+    lr_end: float = 0.05  # final lr as a fraction of lr (cosine, poly)
+    schedule_steps: int = 0  # horizon of the decay in steps (0: ``steps``); lr stays at the end after it
+    synth_val_size: int = 0  # fixed synthetic validation batch (fresh draws from the label maps)
     mix_proportion: float = 0.25
     finetune_steps: int = 100
     eval_every: int = 50
@@ -76,6 +84,7 @@ class TrainConfig:
     generation_labels: str | None = None  # TSV of label -> generation class (None: one per label)
     voxel_size_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
     percentiles: tuple[float, float] = (1.0, 99.0)
+    init_from: str = ""  # model package to start from (weights only; Adam restarts, lr re-warms)
     name: str = ""
     tune_subjects: tuple[str, ...] = ()
     command: str = ""
@@ -87,6 +96,10 @@ class TrainConfig:
             raise ValueError(f"patch_size {self.patch_size} does not have ndim={self.ndim} entries")
         if self.hyper_every < 1:
             raise ValueError(f"hyper_every must be >= 1, got {self.hyper_every}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.lr_schedule not in ("constant", "cosine", "poly"):
+            raise ValueError(f"lr_schedule must be constant, cosine or poly, got {self.lr_schedule!r}")
         if not 0 <= self.mix_proportion <= 1:
             raise ValueError(f"mix_proportion must lie in [0, 1], got {self.mix_proportion}")
 
@@ -104,6 +117,25 @@ class TrainConfig:
         if m == "mixed" and step >= self.warmup_steps:
             return "mixed"
         return "synth"
+
+    def lr_at(self, step: int, restart: int = 0) -> float:
+        """Segmenter learning rate at 0-based ``step``: linear warm-up from ``lr / 10`` over
+        ``lr_warmup`` steps, then constant, cosine or poly decay to ``lr * lr_end`` at
+        ``schedule_steps`` (default ``steps``), constant after it. ``restart``: the step at which
+        Adam restarted (a run started from a package's weights): the decayed value is warmed up
+        again over ``lr_warmup`` steps from there."""
+        if restart and step < restart + self.lr_warmup:
+            return self.lr_at(step) * (0.1 + 0.9 * (step - restart) / self.lr_warmup)
+        if step < self.lr_warmup:
+            return self.lr * (0.1 + 0.9 * step / self.lr_warmup)
+        if self.lr_schedule == "constant":
+            return self.lr
+        horizon = max((self.schedule_steps or self.steps) - self.lr_warmup, 1)
+        t = min(max(step - self.lr_warmup, 0) / horizon, 1.0)
+        end = self.lr * self.lr_end
+        if self.lr_schedule == "cosine":
+            return end + (self.lr - end) * 0.5 * (1 + math.cos(math.pi * t))
+        return end + (self.lr - end) * (1 - t) ** 0.9
 
     def to_dict(self) -> dict:
         return json_ready(dataclasses.asdict(self))
@@ -148,6 +180,7 @@ def _synthetic_source(config: TrainConfig, label_maps, label_table, device) -> S
     from l2s_pipelines.synth import SynthConfig, SynthGenerator
     gcfg = dict(config.generator)
     gcfg["patch_size"] = list(config.patch_size)
+    gcfg.setdefault("voxel_size_mm", float(config.voxel_size_mm[0]))
     gcfg.setdefault("percentiles", list(config.percentiles))
     return SyntheticSource(label_maps, SynthGenerator(SynthConfig.from_dict(gcfg), label_table,
                                                           generation=config.generation_labels), device)
@@ -185,6 +218,11 @@ class _Run:
             vgen = torch.Generator(device=self.device).manual_seed(c.seed + 7919)
             x, y = real_val.sample_batch(c.val_size, vgen, tuple(c.patch_size))
             self.val = (x.to(self.device), y.to(self.device))
+        self.restart = 0  # step at which Adam restarted from a package's weights (0: never)
+        self.synth_val = None
+        if c.synth_val_size and self.synthetic is not None:  # fresh synthetic draws, own generator
+            sgen = torch.Generator(device=self.device).manual_seed(c.seed + 104729)
+            self.synth_val = self.synthetic.sample(c.synth_val_size, sgen)
 
     # data ----------------------------------------------------------------------------------
     def synth_batch(self, n: int):
@@ -199,14 +237,18 @@ class _Run:
 
     # steps ---------------------------------------------------------------------------------
     def plain_step(self, x, y) -> float:
-        params = [p for p in self.model.parameters()]
-        loss = self.loss_fn(self.model(x), y)
+        """Forward (bf16 autocast when ``amp``), loss in fp32, backward, in-place foreach Adam."""
+        names, params = zip(*self.model.named_parameters())
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
+            logits = self.model(x)
+        loss = self.loss_fn(logits.float(), y)
         grads = torch.autograd.grad(loss, params)
-        step_module(self.model, self.seg_opt, dict(zip([k for k, _ in self.model.named_parameters()], grads)))
+        step_module_(self.model, self.seg_opt, dict(zip(names, grads)))
         return float(loss.detach())
 
-    def step(self, phase: str) -> dict:
+    def step(self, phase: str, step: int = 0) -> dict:
         c = self.config
+        self.seg_opt.lr = c.lr_at(step, self.restart)
         if phase == "l2s":
             x_s, y_s = self.synth_batch(c.batch_size)
             x_r, y_r = self.real_batch(c.batch_size)
@@ -228,9 +270,10 @@ class _Run:
         return {"synthetic_loss": self.plain_step(x, y)}
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean over validation images of the mean per-structure hard Dice (background excluded)."""
-        x, y = self.val
+    def validate(self, batch=None) -> float:
+        """Mean over validation images of the mean per-structure hard Dice (background excluded);
+        ``batch`` (x, y) defaults to the real validation batch."""
+        x, y = self.val if batch is None else batch
         k = len(self.table.values)
         pred = torch.cat([self.model(x[i:i + 1]).argmax(1) for i in range(x.shape[0])])
         scores = [mean_dice(pred[i], y[i], k) for i in range(x.shape[0])]
@@ -265,8 +308,12 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
     ckpt_dir = out_dir / "checkpoint"
     start = 0
     if resume and has_training_state(ckpt_dir):
-        start = int(load_training_state(ckpt_dir, device=run.device, **run.state_kwargs())["step"])
+        state = load_training_state(ckpt_dir, device=run.device, **run.state_kwargs())
+        start = int(state["step"])
+        run.restart = int(state.get("extra", {}).get("restart", 0))
         log.truncate_after(start)
+    elif c.init_from:
+        start = run.restart = _init_from_package(run, Path(c.init_from), log)
     else:
         log.reset()
     total = c.total_steps
@@ -276,20 +323,50 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
     for step in range(start, total):
         phase = c.phase(step)
         record: dict[str, Any] = {"step": step, "phase": phase, "synthetic_loss": None, "real_loss": None}
-        record.update(run.step(phase))
-        if run.val is not None and ((step + 1) % c.eval_every == 0 or step + 1 == total):
+        record.update(run.step(phase, step))
+        record["lr"] = run.seg_opt.lr
+        evaluate = (step + 1) % c.eval_every == 0 or step + 1 == total
+        if run.val is not None and evaluate:
             last_dice = record["val_dice"] = run.validate()
+        if run.synth_val is not None and evaluate:
+            record["synth_val_dice"] = run.validate(run.synth_val)
         if run.augmenter is not None:
             record.update({f"aug/{k}": v for k, v in run.augmenter.parameters_log().items()})
         record["time"] = time.perf_counter() - t0
         log.write(record)
         progress.update(step, record)
         if (step + 1) % c.checkpoint_every == 0 or step + 1 == total:
-            save_training_state(ckpt_dir, step=step + 1, extra={"config": c.to_dict()}, **run.state_kwargs())
+            save_training_state(ckpt_dir, step=step + 1, extra={"config": c.to_dict(), "restart": run.restart},
+                                **run.state_kwargs())
     progress.close()
     package = _save_package(run, out_dir / "model", real_train)
     aug_log = run.augmenter.parameters_log() if run.augmenter is not None else {}
     return TrainResult(run.model, run.augmenter, package, log.path, last_dice, aug_log, total)
+
+
+def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
+    """Load a model package's weights into ``run.model`` and continue its step count.
+
+    The package must hold the same architecture (ModelError otherwise). Returns the package's
+    ``training.steps`` (the step this run continues from); its ``metrics.jsonl`` (if any) seeds
+    the run's log so the curves stay whole. Adam's moments, the augmenter and the RNG are not in
+    a package: they restart (a named difference from an exact ``resume``).
+    """
+    from l2s_pipelines.errors import ModelError
+    from l2s_pipelines.io.checkpoint import load_model_package
+    model, manifest = load_model_package(package)
+    if manifest["architecture"] != run.model.config.to_dict():
+        raise ModelError(f"{package}: --init-weights package has another architecture "
+                         f"({manifest['architecture']} != {run.model.config.to_dict()})")
+    run.model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    start = int(manifest.get("training", {}).get("steps", 0))
+    log.reset()
+    curves = package / "metrics.jsonl"
+    if curves.is_file():
+        for line in curves.read_text().splitlines():
+            if line.strip() and json.loads(line).get("step", start) < start:
+                log.write(json.loads(line))
+    return start
 
 
 def _save_package(run: _Run, directory: Path, real_train) -> Path:

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {query: {entity: value}}; null = entity absent, \"*\" = any")
     g.add_argument(*_both("--input-suffix"), choices=INPUT_SUFFIXES, default="T1w")
     g.add_argument(*_both("--reference-derivatives"), type=Path, metavar="PATH",
-                   help="derivative dataset with reference dseg files for Dice (default: any "
-                        "under BIDS_DIR/derivatives holding dseg files)")
+                   help="derivative dataset with reference dseg files for Dice (default: the "
+                        "*_desc-reference_dseg files of any dataset under BIDS_DIR/derivatives)")
     g.add_argument(*_both("--skip-bids-validation"), action="store_true")
     r = p.add_argument_group("resources")
     r.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", dest="nprocs", type=int,

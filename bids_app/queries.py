@@ -17,13 +17,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from l2s_pipelines.bids_app.entities import carried_entities, file_entities
 from l2s_pipelines.errors import InputError
 
 LOG = logging.getLogger("l2s.queries")
 NIFTI_EXT = [".nii", ".nii.gz"]
-#: Entities carried from an input image to its outputs (pybids names), in BIDS filename order.
-CARRIED_ENTITIES = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
-_MATCH_ENTITIES = ("acquisition", "ceagent", "reconstruction", "run")
+#: The ``desc-`` label that marks a file under ``BIDS_DIR/derivatives`` as reference labels.
+REFERENCE_DESC = "reference"
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,16 @@ def collect_images(layout, *, suffix: str = "T1w", participants=(), sessions=(),
         files = layout.get(return_type="object", **query)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{root}: bad BIDS filter ({exc})") from exc
-    images = []
+    images, by_output = [], {}
+    carried = carried_entities(suffix)
     for f in sorted(files, key=lambda f: f.path):
-        ents = f.get_entities()
-        keep = {k: str(ents[k]) if k != "run" else ents[k] for k in CARRIED_ENTITIES if k in ents}
+        keep = file_entities(f, carried)
+        key = tuple(sorted((k, str(v)) for k, v in keep.items()))
+        if key in by_output:
+            raise InputError(f"{by_output[key]} and {f.path} would write the same outputs (their file "
+                             f"names differ only in what BIDS does not allow for {suffix} outputs: "
+                             f"{', '.join(carried)}); remove one or select one with --bids-filter-file")
+        by_output[key] = f.path
         keep.update(suffix=suffix, datatype="anat")
         images.append(ImageJob(path=f.path, entities=keep))
     found = {im.subject for im in images}
@@ -154,9 +160,13 @@ def reference_roots(bids_dir, output_dir, explicit=None) -> list[Path]:
 
 def attach_references(images: list[ImageJob], roots: list[Path], *, required: bool = False) -> list[ImageJob]:
     """Return ``images`` with ``reference`` set to a matching ``*_dseg.nii[.gz]`` found in
-    ``roots`` (same subject and session; acquisition/ceagent/reconstruction/run equal where the
-    reference names them; among several, ``desc-reference`` first, then by path). With
-    ``required`` (an explicit ``--reference-derivatives``), a root without any dseg is an error.
+    ``roots`` (same subject and session; every other entity of the image equal where the
+    reference names it; among several, ``desc-reference`` first, then by path).
+
+    With ``required`` (an explicit ``--reference-derivatives``) every dseg there is a candidate
+    and a root without any dseg is an error. Otherwise (datasets found under
+    ``BIDS_DIR/derivatives``, e.g. an fMRIPrep tissue segmentation or an earlier l2s-pipelines
+    output) only ``desc-reference`` files are: the others are skipped, with one warning per folder.
     """
     from bids import BIDSLayout
 
@@ -170,6 +180,13 @@ def attach_references(images: list[ImageJob], roots: list[Path], *, required: bo
         files = layout.get(suffix="dseg", extension=NIFTI_EXT, subject=subjects, return_type="object")
         if required and not layout.get(suffix="dseg", extension=NIFTI_EXT):
             raise InputError(f"{root}: no *_dseg.nii[.gz] files in the reference derivatives")
+        if not required:
+            skipped = [f for f in files if f.get_entities().get("desc") != REFERENCE_DESC]
+            if skipped:
+                LOG.warning("%s: %d dseg file(s) without desc-%s (e.g. %s) not used as reference labels; "
+                            "pass --reference-derivatives %s to score against them", root, len(skipped),
+                            REFERENCE_DESC, Path(skipped[0].path).name, root)
+            files = [f for f in files if f.get_entities().get("desc") == REFERENCE_DESC]
         candidates.extend(f for f in files if f.get_entities().get("space") in (None, "orig", "T1w"))
     by_subject: dict[tuple, list] = {}
     for f in candidates:
@@ -177,11 +194,12 @@ def attach_references(images: list[ImageJob], roots: list[Path], *, required: bo
         by_subject.setdefault((str(e["subject"]), str(e.get("session", ""))), []).append(f)
     out = []
     for im in images:
+        names = [k for k in carried_entities(im.entities.get("suffix", "T1w")) if k not in ("subject", "session")]
         match = []
         for f in by_subject.get((im.subject, im.session), []):
-            e = f.get_entities()
-            if all(k not in e or str(e[k]) == str(im.entities.get(k)) for k in _MATCH_ENTITIES):
+            e = file_entities(f, names)
+            if all(str(v) == str(im.entities.get(k)) for k, v in e.items()):
                 match.append(f)
-        match.sort(key=lambda f: (f.get_entities().get("desc") != "reference", f.path))
+        match.sort(key=lambda f: (f.get_entities().get("desc") != REFERENCE_DESC, f.path))
         out.append(ImageJob(path=im.path, entities=im.entities, reference=match[0].path if match else ""))
     return out

@@ -65,7 +65,7 @@ def SingleImageWf(source: str, reference: str, model_dir: str, model_name: str, 
     """
     check = workflow.add(CheckImage(source=source, reference=reference, model_dir=model_dir,
                                     fingerprint=fingerprint), name="check")
-    seg = workflow.add(SegmentImage(source=check.source, reference=reference, model_dir=model_dir,
+    seg = workflow.add(SegmentImage(source=check.source, reference=check.reference, model_dir=model_dir,
                                     model_name=model_name, model_sha256=model_sha256, device=device,
                                     save_probseg=save_probseg, seed=seed, nthreads=nthreads,
                                     used_for_tuning=used_for_tuning, warnings=check.warnings,

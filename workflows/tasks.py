@@ -94,18 +94,26 @@ def _manifest_label_values(model_dir: str) -> list[int]:
     return [int(lab["index"]) for lab in labels]
 
 
-@python.define(outputs=["source", "warnings"])
-def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str) -> tuple[str, list]:
+@python.define(outputs=["source", "reference", "warnings"])
+def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str) -> tuple[str, str, list]:
     """Load and check ``source`` (and ``reference`` when not empty) before segmentation.
 
     ``fingerprint`` (size and mtime of the inputs) only enters the cache key. Returns the source
-    path unchanged and a list of warnings (strongly anisotropic voxels).
+    path unchanged, the reference (``""`` when it fails its check: a questionable reference never
+    fails the image, it is left out of the Dice with a warning saying why) and a list of warnings
+    (strongly anisotropic voxels, an unusable reference).
     """
+    from l2s_pipelines.errors import InputError
+
     img, data = _load_nifti(source)
     warnings = check_image_data(source, img, data)
     if reference:
-        check_reference(reference, img, _manifest_label_values(model_dir))
-    return source, warnings
+        try:
+            check_reference(reference, img, _manifest_label_values(model_dir))
+        except InputError as exc:
+            warnings.append(f"reference not used, no Dice computed: {exc}")
+            reference = ""
+    return source, reference, warnings
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -151,6 +159,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
 
     from l2s_pipelines import metrics
     from l2s_pipelines.inference import Segmenter, auto_memory_budget, cpu_allocation
+    from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
     from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
 
     t0 = time.perf_counter()
@@ -172,6 +181,8 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
                                        memory_budget_bytes=budget)
     res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),
                             posteriors_dtype="auto")
+    accuracy_note = accuracy_warning(segmenter.manifest)
+    warnings = list(warnings) + ([accuracy_note] if accuracy_note else [])
     table = res.label_table
     dseg = np.asarray(res.dseg).astype(np.int16)
     nib.save(res.dseg_image(), out / "dseg.nii.gz")
@@ -197,6 +208,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         "model_sha256": model_sha256, "seed": int(seed), "timings_s": timings,
         "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
         "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
+        "model_accuracy": accuracy_summary(segmenter.manifest), "model_accuracy_warning": accuracy_note,
         "memory_budget_mb": budget >> 20, "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "probseg_encoding": None if probseg_dtype is None else (
             "float32" if probseg_dtype == "float32" else "uint8, probability = value / 255 (scl_slope)"),

@@ -143,24 +143,53 @@ def parse_plugin_args(items) -> dict:
     return out
 
 
+def real_path(path: str | os.PathLike) -> Path:
+    """Absolute path with ``~``, symlinks and ``..`` resolved (missing tails kept as given)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
 def check_paths(opts: RunOptions) -> None:
-    """Dataset-level path checks, before anything is written. Raises :class:`InputError`."""
-    bids, out, work = opts.bids_dir, opts.output_dir, opts.work_dir
+    """Dataset-level path checks, before anything is written. Raises :class:`InputError`.
+
+    Every check compares real paths (symlinks and ``..`` resolved, :func:`real_path`), so an
+    output or work folder reached through a symlink into the dataset is refused like the
+    folder itself. The work folder must be provably l2s-bids' own
+    (:func:`~l2s_pipelines.workflows.execution.check_work_dir`)."""
+    from l2s_pipelines.workflows.execution import check_work_dir
+
+    bids, out, work = (real_path(p) for p in (opts.bids_dir, opts.output_dir, opts.work_dir))
     if not bids.is_dir():
-        raise InputError(f"{bids}: input BIDS folder does not exist")
-    if out == bids:
-        raise InputError(f"{out}: output folder must differ from the input BIDS folder")
-    if bids in out.parents and out.parent.name != "derivatives" and "derivatives" not in out.relative_to(bids).parts:
-        raise InputError(f"{out}: output inside the input BIDS folder must sit under derivatives/")
+        raise InputError(f"{opts.bids_dir}: input BIDS folder does not exist")
+    if out == bids or out in bids.parents:
+        raise InputError(f"{opts.output_dir}: output folder must differ from the input BIDS folder {bids} "
+                         "and must not contain it")
+    if bids in out.parents and "derivatives" not in out.relative_to(bids).parts:
+        raise InputError(f"{opts.output_dir}: output inside the input BIDS folder {bids} must sit under derivatives/")
     if work == bids or bids in work.parents:
-        raise InputError(f"{work}: work folder must not be inside the input BIDS folder {bids}")
+        raise InputError(f"{opts.work_dir}: work folder must not be inside the input BIDS folder {bids}")
+    if work == out or work in bids.parents or work in out.parents:
+        raise InputError(f"{opts.work_dir}: work folder must not be the output folder nor contain the input "
+                         "or output folder")
     for path, what in ((out, "output"), (work, "work")):
         probe = path
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise InputError(f"{path}: {what} folder cannot be written ({probe} is not a writable folder)")
+    check_work_dir(work)
+    _check_no_escaping_links(out)
     if opts.model_dir is not None and not opts.model_dir.is_dir():
         raise InputError(f"{opts.model_dir}: model package folder does not exist")
     if opts.reference_derivatives is not None and not opts.reference_derivatives.is_dir():
         raise InputError(f"{opts.reference_derivatives}: reference derivatives folder does not exist")
+
+
+def _check_no_escaping_links(out: Path) -> None:
+    """Refuse an existing output folder holding a symlinked folder that leads outside it
+    (outputs written there would land elsewhere, e.g. in the input dataset)."""
+    for root, dirs, _ in os.walk(out, followlinks=False):
+        for d in dirs:
+            link = Path(root) / d
+            if link.is_symlink() and out not in real_path(link).parents:
+                raise InputError(f"{link}: symlinked folder inside the output folder leads outside it "
+                                 f"(to {real_path(link)}); outputs are never written through it")

@@ -88,12 +88,12 @@ def test_worker_spec_per_plugin():
 
 
 def test_clean_work_dir_and_error_summary(tmp_path):
-    job = tmp_path / "work" / "python-abc"
+    job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)
-    (tmp_path / "work" / "python-abc.lock").write_text("")
+    (tmp_path / "work" / f"python-{'a' * 32}.lock").write_text("")
     (job / "_error.pklz").write_bytes(b"x")
     (job / "_result.pklz").write_bytes(b"x")
-    keep = tmp_path / "work" / "python-def" / "_result.pklz"
+    keep = tmp_path / "work" / f"python-{'d' * 32}" / "_result.pklz"
     keep.parent.mkdir()
     keep.write_bytes(b"x")
     assert execution.clean_work_dir(tmp_path / "work") == {"locks": 1, "errors": 1}

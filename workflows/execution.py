@@ -100,26 +100,75 @@ def make_submitter(plugin: str, *, work_dir, nprocs: int = 1, plugin_args: dict 
     return submitter_mod.Submitter(cache_root=Path(work_dir), worker=worker, **kwargs)
 
 
+#: Marker file written at the top of a work folder l2s-bids owns; only such a folder is cleaned.
+WORK_MARKER = ".l2s-pipelines-work"
+#: Top-level entries of Pydra's cache layout (flat under ``cache_root``): job folders
+#: ``<type>-<md5 hex>``, their locks ``<folder>.lock`` / ``<folder>_save.lock`` and the
+#: per-run ``<uuid4 hex>_info.json`` checksum files.
+_PYDRA_ENTRY = re.compile(r"^(?:[a-z]+-[0-9a-f]{32}(?:(?:_save)?\.lock)?|[0-9a-f]{32}_info\.json)$")
+
+
+def _is_pydra_entry(entry: Path) -> bool:
+    """True for a top-level entry of Pydra's cache layout (a folder for job names, a plain
+    file for locks and info files; never a symlink)."""
+    if entry.is_symlink() or not _PYDRA_ENTRY.match(entry.name):
+        return False
+    return entry.is_dir() if "." not in entry.name else entry.is_file()
+
+
+def check_work_dir(work_dir) -> None:
+    """Refuse a work folder l2s-bids cannot prove it owns: it must be absent, empty, marked by
+    :data:`WORK_MARKER`, or hold only entries of Pydra's cache layout (an older run's cache).
+    Raises :class:`InputError` naming the folder and one foreign entry; writes nothing."""
+    work = Path(work_dir)
+    if not work.exists():
+        return
+    if not work.is_dir():
+        raise InputError(f"{work}: work folder is not a folder")
+    if (work / WORK_MARKER).is_file() and not (work / WORK_MARKER).is_symlink():
+        return
+    foreign = sorted(e.name for e in work.iterdir() if not _is_pydra_entry(e))
+    if foreign:
+        raise InputError(f"{work}: work folder holds files l2s-bids did not create (e.g. {foreign[0]!r}); "
+                         "use a new or empty folder for -w")
+
+
+def claim_work_dir(work_dir) -> Path:
+    """Check the work folder (:func:`check_work_dir`), create it and write its marker.
+    Returns the folder (Pydra's ``cache_root``)."""
+    work = Path(work_dir)
+    check_work_dir(work)
+    work.mkdir(parents=True, exist_ok=True)
+    marker = work / WORK_MARKER
+    if not marker.is_file():
+        marker.write_text("Pydra cache of l2s-bids; l2s-bids removes stale locks and error records "
+                          "of its own jobs here.\n", encoding="utf-8")
+    return work
+
+
 def clean_work_dir(work_dir) -> dict[str, int]:
-    """Remove stale Pydra state left by a killed or failed run: ``*.lock`` files (a later run
-    would wait on them forever), ``_error.pklz`` and the ``_result.pklz`` next to it (the first
-    rerun would report the old error), and leftover ``*_info.json`` checksum files.
+    """Claim ``work_dir`` (:func:`claim_work_dir`: refused unless provably ours) and remove
+    stale Pydra state left by a killed or failed run, only in Pydra's own layout at its top
+    level: job locks ``<type>-<hash>.lock`` (a later run would wait on them forever),
+    ``_error.pklz`` with the ``_result.pklz`` beside it inside job folders (the first rerun
+    would report the old error), and ``<uuid>_info.json`` checksum files. Nothing else is
+    touched, and symlinks are never followed.
 
     Only call this when no other run uses ``work_dir``. Returns counts per kind.
     """
-    work = Path(work_dir)
+    work = claim_work_dir(work_dir)
     counts = {"locks": 0, "errors": 0}
-    if not work.is_dir():
-        return counts
-    for lock in work.rglob("*.lock"):
-        lock.unlink(missing_ok=True)
-        counts["locks"] += 1
-    for err in work.rglob("_error.pklz"):
-        err.unlink(missing_ok=True)
-        (err.parent / "_result.pklz").unlink(missing_ok=True)
-        counts["errors"] += 1
-    for info in work.glob("*_info.json"):
-        info.unlink(missing_ok=True)
+    for entry in sorted(work.iterdir()):
+        if not _is_pydra_entry(entry):
+            continue
+        if entry.name.endswith(".lock") or entry.name.endswith("_info.json"):
+            entry.unlink(missing_ok=True)
+            counts["locks"] += entry.name.endswith(".lock")
+        elif (entry / "_error.pklz").is_file() and not (entry / "_error.pklz").is_symlink():
+            (entry / "_error.pklz").unlink()
+            if (entry / "_result.pklz").is_file() and not (entry / "_result.pklz").is_symlink():
+                (entry / "_result.pklz").unlink()
+            counts["errors"] += 1
     if any(counts.values()):
         LOG.info("cleaned %d stale lock(s) and %d error record(s) under %s", counts["locks"], counts["errors"], work)
     return counts

@@ -33,16 +33,13 @@ import numpy as np
 from filelock import FileLock
 
 from l2s_pipelines import __version__
+from l2s_pipelines.bids_app.entities import entity_order
 from l2s_pipelines.bids_app.provenance import detect_container, software_versions
 from l2s_pipelines.errors import InputError
 from l2s_pipelines.workflows.figures import label_entries
 
 PIPELINE_NAME = "l2s-pipelines"
 BIDS_VERSION = "1.10.0"
-#: (pybids entity name, short key) of source entities kept in output names, in BIDS order.
-ENTITY_ORDER = (("subject", "sub"), ("session", "ses"), ("task", "task"), ("acquisition", "acq"),
-                ("ceagent", "ce"), ("reconstruction", "rec"), ("run", "run"), ("echo", "echo"),
-                ("part", "part"), ("space", "space"), ("chunk", "chunk"))
 #: Suffix (after the prefix) of each non-standard table; all listed in .bidsignore.
 TABLES = {"volumes": "_desc-volumes_morph.tsv", "dice": "_desc-dice_stats.tsv",
           "qc": "_desc-qc_stats.tsv"}
@@ -187,17 +184,18 @@ def _entity_value(entities: dict, long: str, short: str):
 
 
 def derivative_prefix(output_dir, entities: dict, *, space: str | None = None) -> Path:
-    """``OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_acq-..][_ce-..][_rec-..][_run-..]``.
+    """``OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y][_acq-..]...[_run-..][_echo-..][_part-..]``.
 
-    ``entities`` uses pybids names (``subject``, ``session``, ``acquisition``, ...) or the short
-    keys (``sub``, ``ses``, ``acq``, ...). Suffix and extension are not part of it; ``space``
-    (only from the argument, never from ``entities``) goes in its BIDS place.
+    ``entities`` uses the BIDS schema's names (``subject``, ``session``, ``acquisition``, ...) or
+    the short keys (``sub``, ``ses``, ``acq``, ...), written in the schema's order. Suffix and
+    extension are not part of it; ``space`` (only from the argument, never from ``entities``)
+    goes in its BIDS place.
     """
     parts, folder = [], Path(output_dir)
     entities = {k: v for k, v in entities.items() if k != "space"}
     if space is not None:
         entities["space"] = space
-    for long, short in ENTITY_ORDER:
+    for long, short in entity_order():
         value = _entity_value(entities, long, short)
         if value is not None:
             parts.append(f"{short}-{value}")

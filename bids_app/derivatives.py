@@ -314,6 +314,10 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     written["dseg_tsv"] = atomic_write_text(_with(prefix, "_dseg.tsv"), tsv_text)
     written["dseg"] = atomic_copy(result_dir / "dseg.nii.gz", _with(prefix, "_dseg.nii.gz"), move=move)
     model = {"Name": info.get("model_name"), "SHA256": info.get("model_sha256")}
+    if info.get("model_accuracy"):
+        model["Accuracy"] = info["model_accuracy"]
+    if info.get("model_accuracy_warning"):
+        model["AccuracyWarning"] = info["model_accuracy_warning"]
     generated = {"Name": PIPELINE_NAME, "Version": __version__}
     container = detect_container()
     if container:

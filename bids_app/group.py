@@ -159,11 +159,12 @@ def _image_link(name: str, participant: str) -> str:
     return f'<a href="{H.esc(participant)}.html#{H.esc(anchor)}">{H.esc(name)}</a>'
 
 
-def _group_html(output_dir: Path, hard, dice, qc, found, figures: dict) -> str:
+def _group_html(output_dir: Path, hard, dice, qc, found, figures: dict, accuracy_warnings=()) -> str:
     rows = [[_image_link(r.image, r.participant_id), r.session_id, H.fmt(r.tiv_mm3),
              int(qc.loc[qc["image"] == r.image, "n_flagged"].iat[0]),
              int((found["image"] == r.image).sum())] for r in hard.itertuples(index=False)]
-    body = ["<section><h2>Images</h2>", H.table(["Image", "Session", "TIV (mm³)", "QC flags",
+    body = [f'<div class="callout">{H.esc(w)}</div>' for w in accuracy_warnings]
+    body += ["<section><h2>Images</h2>", H.table(["Image", "Session", "TIV (mm³)", "QC flags",
                                                  "Volume outliers"], rows, raw_columns=(0,)), "</section>"]
     body.append(f"<section><h2>Outliers (|robust z| &gt; {OUTLIER_Z:g}, volume as % of TIV)</h2>")
     if found.empty:
@@ -194,6 +195,12 @@ def _group_html(output_dir: Path, hard, dice, qc, found, figures: dict) -> str:
         if (output_dir / n).exists()) + "</ul></section>")
     return H.page("Group report", f"{len(hard)} image(s) from {hard['participant_id'].nunique()} "
                   "participant(s)", "".join(body))
+
+
+def _accuracy_warnings(images: list[ImageDerivatives]) -> list[str]:
+    """The distinct model-accuracy warnings recorded in the images' dseg sidecars."""
+    found = ((i.sidecar.get("Model") or {}).get("AccuracyWarning") for i in images)
+    return list(dict.fromkeys(w for w in found if w))
 
 
 def _write_tsv(frame: pd.DataFrame, path: Path) -> Path:
@@ -231,7 +238,8 @@ def build_group(output_dir, participants=None) -> dict[str, Path]:
         if not (output_dir / f"sub-{participant}.html").exists():
             write_subject_report(output_dir, participant)
     written["html"] = atomic_write_text(output_dir / "group.html",
-                                        _group_html(output_dir, hard, dice, qc, found, figures))
+                                        _group_html(output_dir, hard, dice, qc, found, figures,
+                                                    _accuracy_warnings(images)))
     write_bidsignore(output_dir)
     return written
 

@@ -261,6 +261,7 @@ def run_participant(opts) -> int:
     from l2s_pipelines.bids_app import derivatives as deriv
     from l2s_pipelines.bids_app import queries
     from l2s_pipelines.bids_app.options import check_paths
+    from l2s_pipelines.model_card import accuracy_warning
     from l2s_pipelines.workflows.execution import clean_work_dir, worker_spec
     from l2s_pipelines.workflows.participant import boilerplate
 
@@ -268,6 +269,9 @@ def run_participant(opts) -> int:
     worker_spec(opts.plugin, opts.plugin_args, nprocs=opts.nprocs)  # unknown --plugin-args: exit 2
     resolution = template_resolution(opts.output_spaces)  # a missing template: exit 2, nothing run
     model_dir, manifest = resolve_model(opts.model_dir)
+    accuracy_note = accuracy_warning(manifest)
+    if accuracy_note:
+        LOG.warning(accuracy_note)
     layout = queries.load_layout(opts.bids_dir, validate=not opts.skip_bids_validation)
     images = queries.collect_images(layout, suffix=opts.input_suffix, participants=opts.participant_label,
                                     sessions=opts.session_label, filters=opts.bids_filters)

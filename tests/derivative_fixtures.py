@@ -64,7 +64,7 @@ def make_bids(root: Path, subjects=("01", "02")) -> Path:
 
 def make_result_dir(work: Path, source: Path, *, seed: int, with_dice: bool = True,
                     with_probseg: bool = True, used_for_tuning: bool = False,
-                    flagged: bool = False) -> Path:
+                    flagged: bool = False, accuracy_warning: str | None = None) -> Path:
     """Write the per-image result folder for ``source`` (labels from :func:`synthetic_volumes`)."""
     work.mkdir(parents=True, exist_ok=True)
     img = nib.load(str(source))
@@ -97,7 +97,8 @@ def make_result_dir(work: Path, source: Path, *, seed: int, with_dice: bool = Tr
             "model_sha256": MANIFEST["weights"]["sha256"], "seed": 0,
             "timings_s": {"load": 0.1, "segment": 1.2}, "tiv_mm3": float((lab > 0).sum()) * voxel,
             "tiv_method": "sum of non-background labels", "used_for_tuning": used_for_tuning,
-            "warnings": ["voxel size 2.0 mm: resampled to 1 mm"], "labels": label_dict()}
+            "warnings": ["voxel size 2.0 mm: resampled to 1 mm"] + ([accuracy_warning] if accuracy_warning else []),
+            "labels": label_dict(), "model_accuracy_warning": accuracy_warning}
     (work / "info.json").write_text(json.dumps(info))
     plot_segmentation_mosaics(source, work / "dseg.nii.gz", info["labels"], work / "figures")
     return work

@@ -13,6 +13,7 @@ from l2s_pipelines.bids_app import derivatives as D
 from l2s_pipelines.bids_app.group import outliers, robust_z, run_group
 
 SUBJECTS = ("01", "02", "03", "04")
+ACCURACY_NOTE = "Model test-tiny carries no measured accuracy on held-out real scans: treat it as unvalidated."
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,8 @@ def group_out(tmp_path_factory):
     for i, sub in enumerate(SUBJECTS):
         src = bids / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz"
         res = make_result_dir(tmp / "work" / sub, src, seed=i, used_for_tuning=(i == 0),
-                              with_dice=(i < 2), with_probseg=False, flagged=(i == 3))
+                              with_dice=(i < 2), with_probseg=False, flagged=(i == 3),
+                              accuracy_warning=ACCURACY_NOTE if i == 1 else None)
         D.publish_image_results(res, out, entities={"subject": sub}, source_file=src, save_probseg=False)
     assert run_group(out) == 0
     return out
@@ -57,6 +59,15 @@ def test_group_html_links_subject_reports_and_figures(group_out):
     images = re.findall(r'src="([^"]+)"', html)
     assert images and all((group_out / i).is_file() for i in images)
     assert "Used to tune the model (not held out): sub-01" in html
+
+
+def test_model_accuracy_warning_in_sidecar_and_reports(group_out):
+    import json
+    side = json.loads((group_out / "sub-02/anat/sub-02_dseg.json").read_text())
+    assert side["Model"]["AccuracyWarning"] == ACCURACY_NOTE and ACCURACY_NOTE in side["Warnings"]
+    assert "AccuracyWarning" not in json.loads((group_out / "sub-01/anat/sub-01_dseg.json").read_text())["Model"]
+    assert ACCURACY_NOTE in (group_out / "sub-02.html").read_text()
+    assert (group_out / "group.html").read_text().count(ACCURACY_NOTE) == 1
 
 
 def test_robust_z_flags_only_the_deviant_image():

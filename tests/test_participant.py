@@ -42,6 +42,10 @@ def test_full_run_rerun_and_redo(bids_dir, model_dir, tmp_path):
         assert vals and all(0.0 <= v <= 1.0 for v in vals)
     sidecar = json.loads((out / "sub-01" / "anat" / "sub-01_dseg.json").read_text())
     assert sidecar["UsedForTuning"] is True  # the test model lists sub-01 as a tuning subject
+    # the test model records no accuracy: one sentence in the sidecar, the report and the log
+    note = sidecar["Model"]["AccuracyWarning"]
+    assert "no measured accuracy" in note and note in sidecar["Warnings"]
+    assert note in (out / "sub-01.html").read_text() and note in proc.stderr
     # rerun: everything already complete, nothing recomputed
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -53,7 +53,7 @@ def resolve_model(model_dir) -> tuple[Path, dict]:
 
     path = Path(model_dir) if model_dir is not None else ck.default_model_dir()
     manifest = ck.read_manifest(path)
-    weights = path / manifest["weights"].get("file", ck.WEIGHTS_NAME)
+    weights = ck.weights_path(path, manifest)
     ck.check_safetensors_file(weights)
     if ck.sha256_file(weights) != manifest["weights"].get("sha256"):
         raise ModelError(f"{weights}: sha256 mismatch with {path / ck.MANIFEST_NAME}; the weights "

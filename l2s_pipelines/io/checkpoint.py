@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from l2s_pipelines.errors import ModelError
+from l2s_pipelines.io.manifest_checks import check_manifest_values, check_weights_entry
+
+#: Largest accepted manifest and safetensors header (bytes; safetensors' own header limit).
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_HEADER_BYTES = 100_000_000
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -57,8 +62,10 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     """Read and check the manifest of a model package (cheap: JSON only, no torch).
 
     Checks that the folder and manifest exist, that the JSON parses, that the required keys
-    are present, the format is ``l2s-model/1`` and that ``architecture.out_channels`` equals the
-    number of labels. Raises :class:`ModelError` naming the file otherwise.
+    are present, the format is ``l2s-model/1``, that ``architecture.out_channels`` equals the
+    number of labels and that every size and name is within the bounds of
+    :mod:`l2s_pipelines.io.manifest_checks` (before anything is built). Raises
+    :class:`ModelError` naming the file otherwise; the message never quotes the file.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -66,10 +73,14 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise ModelError(f"{path}: model package has no {MANIFEST_NAME}")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{path}: manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: manifest is not valid JSON ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: manifest is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{path}: manifest is not valid JSON (not UTF-8 text, or nested too deeply)") from exc
     if not isinstance(manifest, dict):
         raise ModelError(f"{path}: manifest must be a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
@@ -78,7 +89,20 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if manifest["format"] != FORMAT:
         raise ModelError(f"{path}: unsupported model format {manifest['format']!r} (expected {FORMAT!r})")
     check_labels(manifest, path)
+    check_manifest_values(manifest, path)
     return manifest
+
+
+def weights_path(directory: str | os.PathLike, manifest: dict) -> Path:
+    """The weights file of a package: ``manifest["weights"]["file"]``, a plain file name inside
+    ``directory`` (checked by :func:`read_manifest`; a symlink leading out of the folder is
+    refused here). Raises :class:`ModelError` before the file is opened."""
+    directory = Path(directory)
+    check_weights_entry(manifest.get("weights"), directory / MANIFEST_NAME)
+    path = directory / manifest["weights"].get("file", WEIGHTS_NAME)
+    if Path(os.path.realpath(path)).parent != Path(os.path.realpath(directory)):
+        raise ModelError(f"{path}: weights file leads outside the model package folder {directory}")
+    return path
 
 
 def check_labels(manifest: dict, where: str | os.PathLike) -> None:
@@ -157,26 +181,43 @@ def check_safetensors_file(path: Path) -> dict:
     its header declares) or has trailing bytes, or the header is unreadable.
     """
     if not path.is_file():
-        raise ModelError(f"{path}: weights file is missing")
+        raise ModelError(f"{path}: weights file is missing (or not a regular file)")
     size = path.stat().st_size
+    not_st = f"{path}: weights file is not a safetensors file"
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
             raise ModelError(f"{path}: weights file is truncated ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise ModelError(f"{not_st} (its header length field is out of range)")
         if n > size - 8:
-            raise ModelError(f"{path}: weights file is truncated (header of {n} bytes, file of {size})")
+            raise ModelError(f"{path}: weights file is truncated (its header runs past the end of the "
+                             f"{size}-byte file)")
         try:
             header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{path}: weights file is not a safetensors file ({exc})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ModelError(f"{not_st} (its header is not JSON)") from exc
     if not isinstance(header, dict):
-        raise ModelError(f"{path}: weights file is not a safetensors file")
+        raise ModelError(not_st)
+    for key, v in header.items():
+        if key == "__metadata__":
+            continue
+        if (not isinstance(v, dict) or not isinstance(v.get("dtype"), str)
+                or not isinstance(v.get("shape"), list) or not all(_nonneg_int(s) for s in v["shape"])
+                or not isinstance(v.get("data_offsets"), list) or len(v["data_offsets"]) != 2
+                or not all(_nonneg_int(o) for o in v["data_offsets"])
+                or v["data_offsets"][0] > v["data_offsets"][1]):
+            raise ModelError(f"{not_st} (a tensor entry lacks a dtype, shape or data_offsets)")
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         what = "truncated" if 8 + n + end > size else "longer than its header declares"
         raise ModelError(f"{path}: weights file is {what} (expected {8 + n + end} bytes, found {size})")
     return header
+
+
+def _nonneg_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def load_model_package(directory: str | os.PathLike, device: Any = "cpu"):
@@ -193,7 +234,7 @@ def load_model_package(directory: str | os.PathLike, device: Any = "cpu"):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    wpath = directory / manifest["weights"].get("file", WEIGHTS_NAME)
+    wpath = weights_path(directory, manifest)
     header = check_safetensors_file(wpath)
     blob = wpath.read_bytes()
     expected = manifest["weights"].get("sha256")
@@ -204,10 +245,12 @@ def load_model_package(directory: str | os.PathLike, device: Any = "cpu"):
         raise ModelError(f"{wpath}: sha256 mismatch, the weights file is corrupt or was replaced "
                          f"(manifest {expected[:12]}..., file {actual[:12]}...)")
     try:
-        model = build_unet(manifest["architecture"])
+        import torch
+
+        with torch.device("meta"):  # shapes only: nothing allocated before they are compared
+            want = {k: tuple(v.shape) for k, v in build_unet(manifest["architecture"]).state_dict().items()}
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelError(f"{directory / MANIFEST_NAME}: bad architecture ({exc})") from exc
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
     if want != have:
         diff = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
@@ -216,7 +259,8 @@ def load_model_package(directory: str | os.PathLike, device: Any = "cpu"):
     try:
         state = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types
-        raise ModelError(f"{wpath}: weights file is unreadable ({exc})") from exc
+        raise ModelError(f"{wpath}: weights file is unreadable ({type(exc).__name__})") from exc
+    model = build_unet(manifest["architecture"])
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), manifest
 

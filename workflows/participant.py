@@ -64,7 +64,7 @@ def SingleImageWf(source: str, reference: str, model_dir: str, model_name: str, 
     :func:`l2s_pipelines.workflows.templates.template_spaces_task`) or None without spaces.
     """
     check = workflow.add(CheckImage(source=source, reference=reference, model_dir=model_dir,
-                                    fingerprint=fingerprint), name="check")
+                                    fingerprint=fingerprint, mem_mb=mem_mb, nthreads=nthreads), name="check")
     seg = workflow.add(SegmentImage(source=check.source, reference=check.reference, model_dir=model_dir,
                                     model_name=model_name, model_sha256=model_sha256, device=device,
                                     save_probseg=save_probseg, seed=seed, nthreads=nthreads,

@@ -26,20 +26,32 @@ ANISOTROPY_WARN = 4.0
 AFFINE_ATOL_MM = 1e-3
 
 
-def _load_nifti(path: str):
-    """Load a NIfTI and its voxel data (float32); InputError naming the file when unreadable."""
-    import nibabel as nib
+def memory_budget_bytes(mem_mb: int, nthreads: int) -> int:
+    """Memory budget of one image job in bytes: ``mem_mb`` MiB when positive, else 80% of the
+    available memory shared by ``CPUs // nthreads`` concurrent workers."""
+    from l2s_pipelines.inference import auto_memory_budget, cpu_allocation
+
+    if int(mem_mb) > 0:
+        return int(mem_mb) << 20
+    return auto_memory_budget(workers=max(1, cpu_allocation() // max(1, int(nthreads))))
+
+
+def _load_nifti(path: str, budget_bytes: int | None = None):
+    """Load a NIfTI and its voxel data (float32) after checking its declared size against the
+    file and ``budget_bytes`` (:func:`~l2s_pipelines.io.checks.check_nifti_file`); InputError
+    naming the file when unusable."""
     import numpy as np
 
     from l2s_pipelines.errors import InputError
+    from l2s_pipelines.io.checks import check_nifti_file
 
+    img = check_nifti_file(path, budget_bytes)
     try:
-        img = nib.load(path)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: file not found") from exc
-    except Exception as exc:  # truncated gzip (EOFError), bad header (ImageFileError), zlib.error
-        raise InputError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
+    except MemoryError as exc:
+        raise InputError(f"{path}: not enough memory to read the image {img.shape}") from exc
+    except Exception as exc:  # truncated gzip (EOFError), zlib.error
+        raise InputError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__})") from exc
     return img, data
 
 
@@ -63,14 +75,14 @@ def check_image_data(path: str, img, data) -> list[str]:
     return warnings
 
 
-def check_reference(ref_path: str, img, label_values) -> None:
+def check_reference(ref_path: str, img, label_values, budget_bytes: int | None = None) -> None:
     """A reference label map must share the image's grid and hold only known label values
     (``label_values`` or 255 = ignore). Raises InputError naming the reference file."""
     import numpy as np
 
     from l2s_pipelines.errors import InputError
 
-    ref, data = _load_nifti(ref_path)
+    ref, data = _load_nifti(ref_path, budget_bytes)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.shape != img.shape[:3] or not np.allclose(ref.affine, img.affine, atol=AFFINE_ATOL_MM):
@@ -95,21 +107,25 @@ def _manifest_label_values(model_dir: str) -> list[int]:
 
 
 @python.define(outputs=["source", "reference", "warnings"])
-def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str) -> tuple[str, str, list]:
+def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str, mem_mb: int = 0,
+               nthreads: int = 1) -> tuple[str, str, list]:
     """Load and check ``source`` (and ``reference`` when not empty) before segmentation.
 
     ``fingerprint`` (size and mtime of the inputs) only enters the cache key. Returns the source
     path unchanged, the reference (``""`` when it fails its check: a questionable reference never
     fails the image, it is left out of the Dice with a warning saying why) and a list of warnings
-    (strongly anisotropic voxels, an unusable reference).
+    (strongly anisotropic voxels, an unusable reference). Declared sizes are checked before any
+    voxel is read, against the files and the job's budget (:func:`memory_budget_bytes`).
     """
     from l2s_pipelines.errors import InputError
 
-    img, data = _load_nifti(source)
+    budget = memory_budget_bytes(mem_mb, nthreads)
+    img, data = _load_nifti(source, budget)
     warnings = check_image_data(source, img, data)
+    del data
     if reference:
         try:
-            check_reference(reference, img, _manifest_label_values(model_dir))
+            check_reference(reference, img, _manifest_label_values(model_dir), budget)
         except InputError as exc:
             warnings.append(f"reference not used, no Dice computed: {exc}")
             reference = ""
@@ -158,7 +174,8 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     import torch
 
     from l2s_pipelines import metrics
-    from l2s_pipelines.inference import Segmenter, auto_memory_budget, cpu_allocation
+    from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.io.checks import check_nifti_file
     from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
     from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
 
@@ -174,9 +191,8 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    img = nib.load(source)  # voxels are read once, by the Segmenter
-    budget = int(mem_mb) << 20 if int(mem_mb) > 0 else \
-        auto_memory_budget(workers=max(1, cpu_allocation() // max(1, int(nthreads))))
+    budget = memory_budget_bytes(mem_mb, nthreads)
+    img = check_nifti_file(source, budget)  # voxels are read once, by the Segmenter
     segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),
                                        memory_budget_bytes=budget)
     res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),

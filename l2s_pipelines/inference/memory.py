@@ -54,8 +54,14 @@ class MemoryPlan:
 
 
 def available_memory_bytes() -> int:
-    """Memory the system can give without swapping: psutil's ``available`` when psutil is
-    installed, else ``MemAvailable`` of ``/proc/meminfo``, else free physical pages."""
+    """Memory this process can still get: the system's (psutil's ``available`` when psutil is
+    installed, else ``MemAvailable`` of ``/proc/meminfo``, else free physical pages), bounded
+    by the headroom of this process's address-space limit (``ulimit -v``) and of its cgroup v2
+    ``memory.max`` (containers, batch jobs)."""
+    return min([_system_available_bytes(), *_limit_headroom_bytes()])
+
+
+def _system_available_bytes() -> int:
     try:
         import psutil
 
@@ -70,6 +76,34 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _limit_headroom_bytes() -> list[int]:
+    """Bytes left under RLIMIT_AS (limit - current VmSize) and cgroup v2 memory.max (limit -
+    memory.current), for the limits that are set (Linux; empty elsewhere)."""
+    out = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+            out.append(max(0, soft - vm))
+    except (ImportError, OSError, StopIteration, ValueError):
+        pass
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as fh:
+            rel = next(line.strip().split("::", 1)[1] for line in fh if line.startswith("0::"))
+        base = "/sys/fs/cgroup" + rel.rstrip("/")
+        with open(base + "/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        if limit != "max":
+            with open(base + "/memory.current", encoding="ascii") as fh:
+                out.append(max(0, int(limit) - int(fh.read().strip())))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    return out
 
 
 def auto_memory_budget(workers: int = 1, *, mem_mb: int | None = None, fraction: float = 0.8) -> int:

@@ -16,6 +16,7 @@ budget bounds the big buffers (:mod:`.memory`).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -248,6 +249,7 @@ class Segmenter:
         data = check_input_image(img, name)
         native_affine = np.array(img.affine, dtype=np.float64)
         t["checks"] = time.perf_counter() - t0
+        self._check_model_grid(img, name)
         t1 = time.perf_counter()
         vol, model_affine = self._model_space(data, native_affine)
         del data
@@ -273,6 +275,20 @@ class Segmenter:
                                   header=img.header if isinstance(img, nib.Nifti1Image) else None,
                                   soft_sums=soft, confidence_sum=conf[0], confidence_count=conf[1],
                                   posteriors_scale=scale)
+
+    def _check_model_grid(self, img, name: str) -> None:
+        """Refuse, before resampling, an image whose model-space grid (its extent at the model's
+        voxel size) needs more than the memory budget: the float32 volume plus float16
+        posteriors of ``K`` labels, ``4 + 2 K`` bytes per model voxel at least."""
+        if not self.memory_budget_bytes:
+            return
+        zooms = np.sqrt((np.asarray(img.affine, dtype=float)[:3, :3] ** 2).sum(0))
+        grid = [math.ceil(n * z / v) + 1 for n, z, v in zip(img.shape[:3], zooms, self.voxel_size)]
+        need = math.prod(grid) * (4 + 2 * len(self.labels))
+        if need > self.memory_budget_bytes:
+            raise InputError(f"{name}: resampled to the model's {self.voxel_size} mm voxels the image is "
+                             f"{'x'.join(map(str, grid))} voxels and needs about {need / 2**30:.2f} GiB, more "
+                             f"than the memory budget of {self.memory_budget_bytes / 2**30:.2f} GiB")
 
     def _to_native(self, post, model_affine, model_shape, origin, shape, native_affine, dseg, posteriors):
         """Fill ``dseg`` (and ``posteriors`` when not None, float32 or uint8 = ``round(255 p)``)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from l2s_pipelines.errors import InputError
+from l2s_pipelines.inference.memory import available_memory_bytes
+from l2s_pipelines.io.checks import check_nifti_file
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
 
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # RAS axis each plane's slices run along
@@ -24,6 +26,7 @@ def _read(path) -> tuple[nib.Nifti1Image, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    check_nifti_file(path, available_memory_bytes())  # declared size: against the file and memory
     try:
         img = reorient_to_ras(nib.load(str(path)))
         data = np.asarray(img.dataobj)

@@ -64,9 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "*_desc-reference_dseg files of any dataset under BIDS_DIR/derivatives)")
     g.add_argument(*_both("--skip-bids-validation"), action="store_true")
     r = p.add_argument_group("resources")
-    r.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", dest="nprocs", type=int,
-                   help="parallel image jobs (default: CPUs of the allocation)")
-    r.add_argument(*_both("--omp-nthreads"), type=int, help="threads per job")
+    r.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", dest="nprocs", type=int, metavar="N",
+                   help="most threads of the whole run, all images together (as in fMRIPrep) "
+                        "(default: the CPUs of the allocation)")
+    r.add_argument(*_both("--omp-nthreads"), type=int, metavar="T",
+                   help="threads of one image (default: N // P with --parallel-images, else 1)")
+    r.add_argument(*_both("--parallel-images"), type=int, metavar="P",
+                   help="images processed at once, each with T threads and --mem / P memory; "
+                        "P x T must not exceed N (default: N // T)")
     r.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem", help="memory bound, e.g. 8G (MB if no unit)")
     r.add_argument("-w", *_both("--work-dir"), type=Path, default=Path("work"))
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -94,13 +99,7 @@ def options_from_args(ns: argparse.Namespace):
     from l2s_pipelines.bids_app import options as o
     from l2s_pipelines.errors import InputError
 
-    cpus = o.available_cpus()
-    nprocs = ns.nprocs if ns.nprocs is not None else cpus
-    if nprocs < 1:
-        raise InputError(f"--nprocs {nprocs}: must be at least 1")
-    omp = ns.omp_nthreads if ns.omp_nthreads is not None else max(1, cpus // nprocs)
-    if omp < 1:
-        raise InputError(f"--omp-nthreads {omp}: must be at least 1")
+    nprocs, omp, parallel = o.resolve_threads(o.available_cpus(), ns.nprocs, ns.omp_nthreads, ns.parallel_images)
     if not (ns.device in ("auto", "cpu", "cuda") or (ns.device.startswith("cuda:") and ns.device[5:].isdigit())):
         raise InputError(f"--device {ns.device!r}: expected auto, cpu, cuda or cuda:N")
     absolute = lambda p: None if p is None else Path(os.path.abspath(os.path.expanduser(p)))  # noqa: E731
@@ -110,6 +109,7 @@ def options_from_args(ns: argparse.Namespace):
         participant_label=o.strip_prefix(ns.participant_label, "sub-"),
         session_label=o.strip_prefix(ns.session_label, "ses-"),
         bids_filters=o.load_filter_file(ns.bids_filter_file), nprocs=nprocs, omp_nthreads=omp,
+        parallel_images=parallel,
         mem_mb=o.parse_mem(ns.mem), skip_bids_validation=ns.skip_bids_validation,
         stop_on_first_crash=ns.stop_on_first_crash, reports_only=ns.reports_only,
         boilerplate_only=ns.boilerplate_only, random_seed=ns.random_seed, verbosity=ns.verbosity,
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     from l2s_pipelines.bids_app.run import run
 
     try:
-        return run(opts)
+        return run(opts, command=["l2s-bids", *(sys.argv[1:] if argv is None else map(str, argv))])
     except (InputError, ModelError) as exc:
         print(f"l2s-bids: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

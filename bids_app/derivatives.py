@@ -30,11 +30,11 @@ from urllib.parse import quote, unquote, urlparse
 
 import nibabel as nib
 import numpy as np
-from filelock import FileLock
 
 from l2s_pipelines import __version__
 from l2s_pipelines.bids_app.entities import entity_order
-from l2s_pipelines.bids_app.provenance import detect_container, software_versions
+from l2s_pipelines.bids_app.locks import locked
+from l2s_pipelines.bids_app.provenance import code_url, detect_container, software_versions
 from l2s_pipelines.errors import InputError
 from l2s_pipelines.workflows.figures import label_entries
 
@@ -118,14 +118,14 @@ def write_dataset_description(output_dir, *, bids_dir, model_manifest: dict,
     bids_uri = Path(bids_dir).absolute().as_uri()
     model = {"Name": str(model_manifest.get("name", "unknown")),
              "SHA256": str(model_manifest.get("weights", {}).get("sha256", ""))}
-    entry = {"Name": PIPELINE_NAME, "Version": __version__,
+    entry = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": code_url(),
              "Description": (f"Brain MRI segmentation with a network trained by Learn2Synth; "
                              f"model {model['Name']} (sha256 {model['SHA256']})")}
     container = container if container is not None else detect_container()
     if container:
         entry["Container"] = container
     dest = output_dir / "dataset_description.json"
-    with FileLock(str(output_dir / ".dataset_description.json.lock"), timeout=120):
+    with locked(output_dir / ".dataset_description.json.lock", timeout=120):
         try:
             desc = json.loads(dest.read_text()) if dest.exists() else {}
         except (OSError, json.JSONDecodeError):
@@ -318,12 +318,14 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
         model["Accuracy"] = info["model_accuracy"]
     if info.get("model_accuracy_warning"):
         model["AccuracyWarning"] = info["model_accuracy_warning"]
-    generated = {"Name": PIPELINE_NAME, "Version": __version__}
+    generated = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": code_url()}
     container = detect_container()
     if container:
         generated["Container"] = container
     common = {"Sources": [source_uri], "SpatialReference": "orig", "Model": model,
               "RandomSeed": info.get("seed"), "Device": info.get("device"), "GeneratedBy": [generated],
+              # torch intra-op threads: bit-identical CPU output needs the same seed, input and threads
+              "Threads": info.get("threads"),
               "L2SVersions": software_versions(info.get("versions"))}
 
     probseg = result_dir / "probseg.nii.gz"

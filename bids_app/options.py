@@ -23,8 +23,11 @@ _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 class RunOptions:
     """Everything one ``l2s-bids`` invocation needs (paths absolute, labels without prefixes).
 
-    ``mem_mb`` is MiB (None: no bound); ``nprocs`` is the number of parallel image jobs and
-    ``omp_nthreads`` the threads each job may use (torch intra-op threads).
+    Threads and memory (nipreps' meanings, see :func:`resolve_threads`): ``nprocs`` is the most
+    threads of the whole run (``--nprocs/--nthreads/--n_cpus``), ``omp_nthreads`` the threads of
+    one image (torch intra-op threads), ``parallel_images`` the images processed at once
+    (``parallel_images * omp_nthreads <= nprocs``); ``mem_mb`` (MiB, None: no bound) is shared
+    by the parallel images.
     """
 
     bids_dir: Path
@@ -36,6 +39,7 @@ class RunOptions:
     bids_filters: dict = field(default_factory=dict)
     nprocs: int = 1
     omp_nthreads: int = 1
+    parallel_images: int = 1
     mem_mb: int | None = None
     skip_bids_validation: bool = False
     stop_on_first_crash: bool = False
@@ -58,9 +62,36 @@ class RunOptions:
 
     @property
     def job_mem_mb(self) -> int:
-        """Memory budget of one image job in MiB: ``mem_mb`` shared by ``nprocs`` parallel jobs
-        (0 = no bound given: each job sizes itself from the available memory)."""
-        return (self.mem_mb or 0) // max(1, self.nprocs)
+        """Memory budget of one image job in MiB: ``mem_mb`` shared by the ``parallel_images``
+        jobs (0 = no bound given: each job sizes itself from the available memory)."""
+        return (self.mem_mb or 0) // max(1, self.parallel_images)
+
+
+def resolve_threads(cpus: int, nthreads: int | None = None, omp_nthreads: int | None = None,
+                    parallel_images: int | None = None) -> tuple[int, int, int]:
+    """``(nthreads, omp_nthreads, parallel_images)`` from the options given (None: not given).
+
+    - ``nthreads`` N (``--nprocs/--nthreads/--n_cpus``, as in nipreps): the most threads of the
+      whole run; default ``cpus``, the CPUs of the allocation.
+    - ``omp_nthreads`` T: threads of one image; default ``N // P`` when P is given, else 1.
+    - ``parallel_images`` P: images processed at once; default ``N // T``.
+
+    ``P * T <= N`` always (at most N threads run), and each image gets ``--mem / P``. Raises
+    :class:`InputError` for a value below 1 or ``P * T > N``.
+    """
+    n = cpus if nthreads is None else nthreads
+    for name, value in (("--nthreads", n), ("--omp-nthreads", omp_nthreads), ("--parallel-images", parallel_images)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} {value}: must be at least 1")
+    if omp_nthreads is None:
+        omp_nthreads = max(1, n // parallel_images) if parallel_images is not None else 1
+    if parallel_images is None:
+        parallel_images = max(1, n // omp_nthreads)
+    if parallel_images * omp_nthreads > n:
+        raise InputError(f"--parallel-images {parallel_images} x --omp-nthreads {omp_nthreads} = "
+                         f"{parallel_images * omp_nthreads} threads exceed --nthreads {n} (the most "
+                         "threads of the whole run)")
+    return n, omp_nthreads, parallel_images
 
 
 def available_cpus() -> int:

@@ -30,6 +30,25 @@ def software_versions(extra: dict | None = None) -> dict:
     return versions
 
 
+def code_url() -> str:
+    """BIDS ``CodeURL`` of ``GeneratedBy``: ``L2S_CODE_URL`` when set (e.g. by a container
+    build), else the package's ``Source``/``Repository``/``Homepage`` project URL from its
+    metadata, else the ``file://`` URI of the installed package folder (the code that ran)."""
+    from importlib import metadata
+
+    if os.environ.get("L2S_CODE_URL"):
+        return os.environ["L2S_CODE_URL"]
+    try:
+        meta = metadata.metadata("l2s-pipelines")
+        urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [] if ", " in u)
+    except metadata.PackageNotFoundError:
+        urls = {}
+    for key in ("Source", "Repository", "Homepage"):
+        if urls.get(key):
+            return urls[key]
+    return Path(__file__).resolve().parent.parent.as_uri()
+
+
 def detect_container() -> dict | None:
     """Container identity from the environment (Apptainer/Singularity, or L2S_CONTAINER_*):
     a BIDS ``Container`` object (``Type``, ``URI``, ``Tag``) or None outside a container."""

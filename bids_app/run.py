@@ -6,7 +6,8 @@ Pydra state under the work folder, skip images whose derivatives are complete, r
 single-image workflow per remaining image through the chosen Pydra worker, publish each
 successful result (atomically, from the cached result folder after the Submitter returns),
 write subject reports, ``logs/run_summary.tsv`` and ``logs/status.json`` (updated as images
-finish). One failing image never stops the others unless ``--stop-on-first-crash``.
+finish) and this invocation's record ``logs/<run-id>/`` (:mod:`~l2s_pipelines.bids_app.runlog`).
+One failing image never stops the others unless ``--stop-on-first-crash``.
 
 Exit codes: 0 everything asked for succeeded (or was already complete); 2 bad arguments or
 dataset; 3 some images failed; 4 all images failed.
@@ -14,36 +15,33 @@ dataset; 3 some images failed; 4 all images failed.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from l2s_pipelines.errors import InputError, ModelError
 
 LOG = logging.getLogger("l2s.run")
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 2, 3, 4
-SUMMARY_COLUMNS = ("subject", "session", "input", "status", "error", "runtime_s", "peak_memory_mb", "device")
 POLL_S = 0.5
 #: States that count as "this image's job is over" for the progress display.
 _COUNTED = ("finishing", "ok", "failed", "skipped", "not_run")
 
 
-def run(opts) -> int:
+def run(opts, command=None) -> int:
     """Run one ``l2s-bids`` invocation; returns the exit code. ``InputError``/``ModelError``
-    raised here are dataset-level problems (the CLI maps them to exit code 2)."""
+    raised here are dataset-level problems (the CLI maps them to exit code 2). ``command``
+    (the argument list) is recorded in ``logs/<run-id>/run.json``."""
     if opts.analysis_level == "group":
         from l2s_pipelines.bids_app.group import run_group
 
         if not opts.output_dir.is_dir():
             raise InputError(f"{opts.output_dir}: output folder does not exist; run the participant level first")
         return run_group(opts.output_dir, opts)
-    return run_participant(opts)
+    return run_participant(opts, command=command)
 
 
 def resolve_model(model_dir) -> tuple[Path, dict]:
@@ -61,18 +59,14 @@ def resolve_model(model_dir) -> tuple[Path, dict]:
     return path.absolute(), manifest
 
 
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class Board:
-    """Per-image status: a progress bar on a terminal, log lines otherwise, and
-    ``logs/status.json`` rewritten atomically on every change."""
+    """Per-image status: a progress bar on a terminal, log lines otherwise, and the status
+    files of ``runlog`` (this run's and the merged ones) rewritten on every change."""
 
-    def __init__(self, images, logs_dir: Path):
+    def __init__(self, images, runlog):
         self.rows = [{"subject": im.subject, "session": im.session, "input": im.path, "status": "pending",
                       "error": "", "runtime_s": "", "peak_memory_mb": "", "device": ""} for im in images]
-        self.logs_dir, self.started, self._lock = logs_dir, _utcnow(), threading.Lock()
+        self.runlog, self._lock = runlog, threading.Lock()
         self._t0 = [None] * len(self.rows)
         self._bar, self._counted = None, set()
         if sys.stderr.isatty():
@@ -104,37 +98,18 @@ class Board:
             self._write_status()
 
     def _write_status(self) -> None:
-        counts: dict[str, int] = {}
-        for r in self.rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        finished = all(r["status"] not in ("pending", "running") for r in self.rows)
-        doc = {"started": self.started, "updated": _utcnow(), "total": len(self.rows), "counts": counts,
-               "finished": finished, "images": self.rows}
-        _atomic_text(self.logs_dir / "status.json", json.dumps(doc, indent=2, default=str) + "\n")
+        self.runlog.update(self.rows)
 
-    def write_summary(self) -> Path:
-        path = self.logs_dir / "run_summary.tsv"
-        path.parent.mkdir(parents=True, exist_ok=True)  # an early failure must not hide its error
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(SUMMARY_COLUMNS)
-            for r in self.rows:
-                w.writerow([str(r[c]).replace("\t", " ").replace("\n", " ") if r[c] != "" else "n/a"
-                            for c in SUMMARY_COLUMNS])
-        os.replace(tmp, path)
-        return path
+    def exit_code(self) -> int:
+        """0 when no image failed, 4 when all did, else 3."""
+        failed = sum(r["status"] in ("failed", "not_run") for r in self.rows)
+        if failed == 0:
+            return EXIT_OK
+        return EXIT_ALL_FAILED if failed == len(self.rows) else EXIT_SOME_FAILED
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _watch(board: Board, tasks: dict[int, object], work_dir: Path, stop: threading.Event) -> None:
@@ -186,7 +161,7 @@ def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
                                daemon=True)
     watcher.start()
     try:
-        with make_submitter(opts.plugin, work_dir=opts.work_dir, nprocs=opts.nprocs,
+        with make_submitter(opts.plugin, work_dir=opts.work_dir, nprocs=opts.parallel_images,
                             plugin_args=opts.plugin_args) as sub:
             for batch in batches:
                 wf, _ = init_participant_wf(image_tasks=[tasks[i] for i in batch],
@@ -256,17 +231,18 @@ def template_resolution(spaces, preferred=(1, 2)) -> int:
     return preferred[0]
 
 
-def run_participant(opts) -> int:
+def run_participant(opts, command=None) -> int:
     """The participant level (see the module docstring); returns the exit code."""
     from l2s_pipelines.bids_app import derivatives as deriv
     from l2s_pipelines.bids_app import queries
     from l2s_pipelines.bids_app.options import check_paths
+    from l2s_pipelines.bids_app.runlog import RunLog
     from l2s_pipelines.model_card import accuracy_warning
     from l2s_pipelines.workflows.execution import clean_work_dir, worker_spec
     from l2s_pipelines.workflows.participant import boilerplate
 
     check_paths(opts)
-    worker_spec(opts.plugin, opts.plugin_args, nprocs=opts.nprocs)  # unknown --plugin-args: exit 2
+    worker_spec(opts.plugin, opts.plugin_args, nprocs=opts.parallel_images)  # unknown --plugin-args: exit 2
     resolution = template_resolution(opts.output_spaces)  # a missing template: exit 2, nothing run
     model_dir, manifest = resolve_model(opts.model_dir)
     accuracy_note = accuracy_warning(manifest)
@@ -280,14 +256,16 @@ def run_participant(opts) -> int:
     LOG.info("%d image(s) selected, %d with a reference", len(images), sum(bool(im.reference) for im in images))
     if opts.boilerplate_only:
         text = boilerplate(manifest=manifest, suffix=opts.input_suffix)
-        _atomic_text(opts.logs_dir / "CITATION.md", text)
+        deriv.atomic_write_text(opts.logs_dir / "CITATION.md", text)
         print(text)
         return EXIT_OK
     opts.output_dir.mkdir(parents=True, exist_ok=True)
     deriv.write_dataset_description(opts.output_dir, bids_dir=opts.bids_dir, model_manifest=manifest)
     deriv.write_bidsignore(opts.output_dir)
     deriv.clean_stale_temporaries(opts.output_dir)
-    board = Board(images, opts.logs_dir)
+    runlog = RunLog(opts.logs_dir)
+    runlog.start(opts, command)
+    board = Board(images, runlog)
     try:
         if opts.reports_only:
             for i, im in enumerate(images):
@@ -311,12 +289,9 @@ def run_participant(opts) -> int:
         _subject_reports(board, opts)
     finally:
         board.close()
-        board.write_summary()
-        board._write_status()
+        runlog.finish(board.rows, board.exit_code())
     failed = sum(r["status"] in ("failed", "not_run") for r in board.rows)
-    LOG.info("done: %d ok, %d already complete, %d failed; summary in %s",
+    LOG.info("done: %d ok, %d already complete, %d failed; summary in %s (this run: %s)",
              sum(r["status"] == "ok" for r in board.rows), sum(r["status"] == "skipped" for r in board.rows),
-             failed, opts.logs_dir / "run_summary.tsv")
-    if failed == 0:
-        return EXIT_OK
-    return EXIT_ALL_FAILED if failed == len(board.rows) else EXIT_SOME_FAILED
+             failed, opts.logs_dir / "run_summary.tsv", runlog.run_dir)
+    return board.exit_code()

@@ -43,8 +43,8 @@ def test_both_spellings_and_prefixes(tmp_path):
 
 def test_cpu_allocation_from_slurm(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
-    a = opts_for(tmp_path, tmp_path / "o", "participant", "--nprocs", "2")
-    assert a.omp_nthreads == 3
+    a = opts_for(tmp_path, tmp_path / "o", "participant", "--omp-nthreads", "2")
+    assert (a.nprocs, a.omp_nthreads, a.parallel_images) == (6, 2, 3)  # 6 threads in all
 
 
 @pytest.mark.parametrize("text,mb", [("8000", 8000), ("8G", 8192), ("512MB", 512), ("1.5gb", 1536), ("2048k", 2)])

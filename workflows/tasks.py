@@ -221,7 +221,7 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         "source": source, "reference": reference or None, "device": str(res.device),
         "runtime_s": round(time.perf_counter() - t0, 3), "peak_memory_mb": _peak_memory_mb(str(res.device)),
         "model_name": model_name,
-        "model_sha256": model_sha256, "seed": int(seed), "timings_s": timings,
+        "model_sha256": model_sha256, "seed": int(seed), "threads": torch.get_num_threads(), "timings_s": timings,
         "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
         "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
         "model_accuracy": accuracy_summary(segmenter.manifest), "model_accuracy_warning": accuracy_note,

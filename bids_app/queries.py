@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from l2s_pipelines.bids_app.entities import carried_entities, file_entities
+from l2s_pipelines.bids_app.dataset_scan import safe_indexer
 from l2s_pipelines.errors import InputError
 
 LOG = logging.getLogger("l2s.queries")
@@ -57,8 +58,9 @@ def load_layout(bids_dir, *, validate: bool = True):
         raise InputError(f"{root}: input BIDS folder does not exist")
     if not (root / "dataset_description.json").is_file():
         raise InputError(f"{root}: not a BIDS dataset (no dataset_description.json)")
+    indexer = safe_indexer(root, validate=validate)
     try:
-        layout = BIDSLayout(str(root), validate=validate, derivatives=False)
+        layout = BIDSLayout(str(root), validate=validate, derivatives=False, indexer=indexer)
     except Exception as exc:  # pybids raises several types (BIDSValidationError, ValueError)
         raise _bids_error(root, exc) from exc
     if not layout.get_subjects():
@@ -174,7 +176,8 @@ def attach_references(images: list[ImageJob], roots: list[Path], *, required: bo
     candidates: list = []
     for root in roots:
         try:
-            layout = BIDSLayout(str(root), validate=False, is_derivative=True)
+            layout = BIDSLayout(str(root), validate=False, is_derivative=True,
+                                indexer=safe_indexer(root, validate=False))
         except Exception as exc:
             raise InputError(f"{root}: cannot index reference derivatives ({str(exc).splitlines()[0]})") from exc
         files = layout.get(suffix="dseg", extension=NIFTI_EXT, subject=subjects, return_type="object")

@@ -28,10 +28,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-import nibabel as nib
-import numpy as np
-
 from l2s_pipelines import __version__
+from l2s_pipelines.bids_app import tables
 from l2s_pipelines.bids_app.entities import entity_order
 from l2s_pipelines.bids_app.locks import locked
 from l2s_pipelines.bids_app.provenance import code_url, detect_container, software_versions
@@ -43,7 +41,7 @@ BIDS_VERSION = "1.10.0"
 #: Suffix (after the prefix) of each non-standard table; all listed in .bidsignore.
 TABLES = {"volumes": "_desc-volumes_morph.tsv", "dice": "_desc-dice_stats.tsv",
           "qc": "_desc-qc_stats.tsv"}
-BIDSIGNORE = ("*_morph.tsv", "*_stats.tsv", "*.html", "figures/", "**/figures", "logs/",
+BIDSIGNORE = ("*_morph.tsv", "*_stats.tsv", "*_morph.json", "*_stats.json", "*.html", "figures/", "**/figures", "logs/",
               "group_*", "run_summary*", "*.lock", "*_xfm.txt")
 _TMP_MARK = ".l2s-tmp-"
 
@@ -246,28 +244,6 @@ def _read_result(result_dir: Path) -> tuple[dict, dict]:
     return info, qc
 
 
-def _lookup_table_tsv(dseg_path: Path, labels) -> tuple[str, list[dict]]:
-    """dseg.tsv text for exactly the label values present in the image (in table order)."""
-    present = set(np.unique(np.asarray(nib.load(str(dseg_path)).dataobj)).astype(int).tolist())
-    entries = label_entries(labels)
-    unknown = present - {e["value"] for e in entries}
-    if unknown:
-        raise InputError(f"{dseg_path}: label values {sorted(unknown)} are not in the label table")
-    rows = [e for e in entries if e["value"] in present]
-    lines = ["index\tname\tabbreviation\tcolor"]
-    lines += [f"{e['value']}\t{e['name']}\t{e['abbreviation']}\t{e['color']}" for e in rows]
-    return "\n".join(lines) + "\n", rows
-
-
-def _qc_tsv(qc: dict) -> str:
-    lines = ["name\tvalue\tthreshold\tflagged\tdescription"]
-    for flag in qc.get("flags", []):
-        cells = [flag.get("name"), flag.get("value"), flag.get("threshold"),
-                 bool(flag.get("flagged")), flag.get("description", "")]
-        lines.append("\t".join("n/a" if c is None else str(c).replace("\t", " ") for c in cells))
-    return "\n".join(lines) + "\n"
-
-
 def publish_image_results(result_dir, output_dir, *, entities: dict, source_file,
                           save_probseg: bool, bids_dir=None, move: bool = False,
                           spaces_dir=None, spaces=()) -> dict[str, Path]:
@@ -310,7 +286,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     source_uri = bids_uri(source_file, bids_dir)
     written: dict[str, Path] = {}
 
-    tsv_text, rows = _lookup_table_tsv(result_dir / "dseg.nii.gz", info["labels"])
+    tsv_text, rows = tables.lookup_table_tsv(result_dir / "dseg.nii.gz", info["labels"])
     written["dseg_tsv"] = atomic_write_text(_with(prefix, "_dseg.tsv"), tsv_text)
     written["dseg"] = atomic_copy(result_dir / "dseg.nii.gz", _with(prefix, "_dseg.nii.gz"), move=move)
     model = {"Name": info.get("model_name"), "SHA256": info.get("model_sha256")}
@@ -342,12 +318,16 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
             # apply scl_slope, e.g. nibabel's get_fdata, see probabilities either way)
             "Encoding": info.get("probseg_encoding", "float32")})
 
-    written["volumes"] = atomic_copy(result_dir / "volumes.tsv", _with(prefix, TABLES["volumes"]))
+    # tables through pandas (fixed decimals, n/a), each with its JSON data dictionary
+    written["volumes"] = tables.write_table(tables.read_tsv(result_dir / "volumes.tsv"),
+                                            _with(prefix, TABLES["volumes"]), tables.VOLUMES)
     if (result_dir / "dice.tsv").is_file():
-        written["dice"] = atomic_copy(result_dir / "dice.tsv", _with(prefix, TABLES["dice"]))
+        written["dice"] = tables.write_table(tables.read_tsv(result_dir / "dice.tsv"),
+                                             _with(prefix, TABLES["dice"]), tables.DICE)
     else:  # a rerun without reference must not keep a stale Dice table
-        _with(prefix, TABLES["dice"]).unlink(missing_ok=True)
-    written["qc"] = atomic_write_text(_with(prefix, TABLES["qc"]), _qc_tsv(qc))
+        for ext in (".tsv", ".json"):
+            _with(prefix, TABLES["dice"]).with_suffix(ext).unlink(missing_ok=True)
+    written["qc"] = tables.write_table(tables.qc_frame(qc), _with(prefix, TABLES["qc"]), tables.QC)
 
     figures_dir = output_dir / f"sub-{_entity_value(entities, 'subject', 'sub')}" / "figures"
     for png in sorted((result_dir / "figures").glob("*.png")):

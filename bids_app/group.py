@@ -3,11 +3,16 @@
 Outputs in ``OUTPUT_DIR`` (all listed in ``.bidsignore``):
 
 - ``group_volumes.tsv`` / ``group_volumes_soft.tsv``: one row per image, one column per label
-  (hard / soft volume in mm^3), plus ``tiv_mm3`` and ``tiv_method``;
+  (hard / soft volume in mm^3), plus ``tiv_mm3`` and ``tiv_method`` (a short level whose text is
+  in the table's JSON data dictionary);
 - ``group_dice.tsv``: one row per image with a reference, one column per label, ``mean_dice`` and
   ``used_for_tuning``;
 - ``group_qc.tsv``: one row per image, one column per QC measure (value) and ``<name>_flagged``;
-- ``group_outliers.tsv``: image, label, volume as % of TIV, robust z-score (|z| > 3);
+- ``group_outliers.tsv``: image, participant, session, label, volume as % of TIV, robust z-score
+  (|z| > 3);
+
+Every table is written by :func:`~l2s_pipelines.bids_app.tables.write_table` with a JSON data
+dictionary beside it (``group_volumes.json``, ...).
 - ``figures/group_volumes.png``, ``figures/group_dice.png`` and ``group.html``.
 
 Robust z-score of label ``l`` for image ``i``: ``0.6745 * (v_il - median_l) / MAD_l`` with
@@ -30,11 +35,27 @@ import pandas as pd  # noqa: E402
 from l2s_pipelines.bids_app import html as H  # noqa: E402
 from l2s_pipelines.bids_app.derivatives import atomic_write_text, write_bidsignore  # noqa: E402
 from l2s_pipelines.bids_app.report import ImageDerivatives, collect_images, write_subject_report  # noqa: E402
+from l2s_pipelines.bids_app.tables import write_table  # noqa: E402
 from l2s_pipelines.errors import InputError  # noqa: E402
 
 LOGGER = logging.getLogger("l2s_pipelines.group")
 OUTLIER_Z = 3.0
 EXIT_BAD_INPUT = 2
+_IDS = {"image": "Image: the output name prefix of its segmentation (sub-X[_ses-Y]...).",
+        "participant_id": "Participant.", "session_id": "Session (n/a: none)."}
+DICTIONARIES = {
+    "volumes": {**_IDS, "tiv_mm3": {"Description": "Total intracranial volume.", "Units": "mm^3"},
+                "*": {"Description": "Hard volume of the label named by the column.", "Units": "mm^3"}},
+    "volumes_soft": {**_IDS, "tiv_mm3": {"Description": "Total intracranial volume.", "Units": "mm^3"},
+                     "*": {"Description": "Soft volume (posterior sum) of the label named by the column.",
+                           "Units": "mm^3"}},
+    "dice": {**_IDS, "used_for_tuning": "True when the image's subject tuned the model (not held out).",
+             "mean_dice": "Mean Dice over the labels scored.", "*": "Dice of the label named by the column."},
+    "qc": {**_IDS, "n_flagged": "Number of QC flags raised.",
+           "*": "QC measure value, or <measure>_flagged: True when beyond its threshold."},
+    "outliers": {**_IDS, "label": "Label.", "percent_tiv": {"Description": "Hard volume as % of TIV.", "Units": "%"},
+                 "robust_z": "Robust z-score 0.6745 (x - median) / MAD of percent_tiv over the images."},
+}
 
 
 def _ids(img: ImageDerivatives) -> dict:
@@ -60,14 +81,22 @@ def _wide(images: list[ImageDerivatives], frame_of, column: str) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["image", "participant_id", "session_id"] + columns)
 
 
+def tiv_levels(images: list[ImageDerivatives]) -> dict[str, str]:
+    """Short level (``"1"``, ``"2"``, ...) -> TIV method text, in order of first appearance."""
+    texts = [str((img.sidecar.get("TotalIntracranialVolume") or {}).get("Method") or "unknown") for img in images]
+    return {str(i + 1): t for i, t in enumerate(dict.fromkeys(texts))}
+
+
 def volume_tables(images: list[ImageDerivatives]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Wide hard and soft volume tables (mm^3) with TIV columns after the identifiers."""
+    """Wide hard and soft volume tables (mm^3) with TIV columns after the identifiers; the
+    ``tiv_method`` column holds the levels of :func:`tiv_levels`, not the method's text."""
     tiv = [(img.sidecar.get("TotalIntracranialVolume") or {}) for img in images]
+    code = {t: k for k, t in tiv_levels(images).items()}
     out = []
     for column in ("volume_hard_mm3", "volume_soft_mm3"):
         table = _wide(images, lambda i: i.volumes, column)
         table.insert(3, "tiv_mm3", [t.get("Value") for t in tiv])
-        table.insert(4, "tiv_method", [t.get("Method") for t in tiv])
+        table.insert(4, "tiv_method", [code[str(t.get("Method") or "unknown")] for t in tiv])
         out.append(table)
     return out[0], out[1]
 
@@ -107,7 +136,7 @@ def robust_z(relative: pd.DataFrame) -> pd.DataFrame:
 
 
 def outliers(hard: pd.DataFrame) -> pd.DataFrame:
-    """Rows (image, participant_id, label, percent_tiv, robust_z) with ``|z| > OUTLIER_Z``."""
+    """Rows (image, participant_id, session_id, label, percent_tiv, robust_z) with ``|z| > OUTLIER_Z``."""
     labels = list(hard.columns[5:])
     tiv = pd.to_numeric(hard["tiv_mm3"], errors="coerce")
     relative = hard[labels].apply(pd.to_numeric, errors="coerce").div(tiv, axis=0) * 100.0
@@ -115,8 +144,9 @@ def outliers(hard: pd.DataFrame) -> pd.DataFrame:
     found = []
     for i, j in zip(*np.nonzero((z.abs() > OUTLIER_Z).to_numpy())):
         found.append({"image": hard["image"].iat[i], "participant_id": hard["participant_id"].iat[i],
-                      "label": labels[j], "percent_tiv": relative.iat[i, j], "robust_z": z.iat[i, j]})
-    return pd.DataFrame(found, columns=["image", "participant_id", "label", "percent_tiv", "robust_z"])
+                      "session_id": hard["session_id"].iat[i], "label": labels[j],
+                      "percent_tiv": relative.iat[i, j], "robust_z": z.iat[i, j]})
+    return pd.DataFrame(found, columns=["image", "participant_id", "session_id", "label", "percent_tiv", "robust_z"])
 
 
 def _panels(values: pd.DataFrame, labels: list[str], path: Path, unit: str,
@@ -203,8 +233,12 @@ def _accuracy_warnings(images: list[ImageDerivatives]) -> list[str]:
     return list(dict.fromkeys(w for w in found if w))
 
 
-def _write_tsv(frame: pd.DataFrame, path: Path) -> Path:
-    return atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a"))
+def _write_tsv(frame: pd.DataFrame, path: Path, kind: str, images=()) -> Path:
+    descriptions = dict(DICTIONARIES[kind])
+    if "tiv_mm3" in descriptions:
+        descriptions["tiv_method"] = {"Description": "How the total intracranial volume was estimated.",
+                                      "Levels": tiv_levels(images)}
+    return write_table(frame, path, descriptions)
 
 
 def build_group(output_dir, participants=None) -> dict[str, Path]:
@@ -220,12 +254,12 @@ def build_group(output_dir, participants=None) -> dict[str, Path]:
     hard, soft = volume_tables(images)
     dice, qc = dice_table(images), qc_table(images)
     found = outliers(hard)
-    written = {"volumes": _write_tsv(hard, output_dir / "group_volumes.tsv"),
-               "volumes_soft": _write_tsv(soft, output_dir / "group_volumes_soft.tsv"),
-               "qc": _write_tsv(qc, output_dir / "group_qc.tsv"),
-               "outliers": _write_tsv(found, output_dir / "group_outliers.tsv")}
+    written = {"volumes": _write_tsv(hard, output_dir / "group_volumes.tsv", "volumes", images),
+               "volumes_soft": _write_tsv(soft, output_dir / "group_volumes_soft.tsv", "volumes_soft", images),
+               "qc": _write_tsv(qc, output_dir / "group_qc.tsv", "qc"),
+               "outliers": _write_tsv(found, output_dir / "group_outliers.tsv", "outliers")}
     if not dice.empty:
-        written["dice"] = _write_tsv(dice, output_dir / "group_dice.tsv")
+        written["dice"] = _write_tsv(dice, output_dir / "group_dice.tsv", "dice")
     labels = list(hard.columns[5:])
     relative = hard[labels].apply(pd.to_numeric, errors="coerce").div(
         pd.to_numeric(hard["tiv_mm3"], errors="coerce"), axis=0) * 100.0

@@ -3,7 +3,8 @@
 ``main(argv)`` parses arguments into :class:`~l2s_pipelines.bids_app.options.RunOptions`, sets
 the thread variables of BLAS/OpenMP *before* numpy or torch are imported, and hands over to
 :func:`l2s_pipelines.bids_app.run.run`. Exit codes: 0 all requested images succeeded; 2 bad
-arguments or dataset; 3 some images failed; 4 all images failed.
+arguments or dataset; 3 some images failed; 4 all images failed; 1 unexpected internal error (a
+bug: one line on stderr, the traceback only with ``-vv``).
 
 Example
 -------
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 2, 3, 4
+EXIT_INTERNAL = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="l2s-bids", description="Brain MRI segmentation with Learn2Synth networks "
                 "(a BIDS App). Exit codes: 0 ok, 2 bad arguments or dataset, 3 some images "
-                "failed, 4 all images failed.")
+                "failed, 4 all images failed, 1 internal error (a bug).")
     p.add_argument("bids_dir", type=Path, help="input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="output derivatives folder")
     p.add_argument("analysis_level", choices=["participant", "group"])
@@ -149,6 +151,12 @@ def main(argv=None) -> int:
     except (InputError, ModelError) as exc:
         print(f"l2s-bids: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: one line, never a traceback unless asked for (-vv)
+        logging.getLogger("l2s").debug("internal error", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"l2s-bids: internal error: {type(exc).__name__}: {first} (a bug; rerun with -vv for "
+              "the traceback and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover - needed under the spawn start method

@@ -16,6 +16,8 @@ from l2s_pipelines.errors import InputError
 
 INPUT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
 PLUGINS = ("cf", "debug", "slurm", "sge", "dask")
+#: Bounds of a ``--bids-filter-file``: its size and the values one entity may list.
+MAX_FILTER_BYTES, MAX_FILTER_VALUES = 1 << 20, 10_000
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 
@@ -136,13 +138,31 @@ def load_filter_file(path: str | os.PathLike | None) -> dict:
         return {}
     path = Path(path)
     try:
+        if not path.is_file():
+            raise InputError(f"{path}: BIDS filter file does not exist or is not a regular file")
+        if path.stat().st_size > MAX_FILTER_BYTES:
+            raise InputError(f"{path}: BIDS filter file is larger than {MAX_FILTER_BYTES >> 10} KiB")
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"{path}: cannot read the BIDS filter file ({exc.strerror})") from exc
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: BIDS filter file is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{path}: BIDS filter file is not valid JSON (not UTF-8 text, or nested too deeply)") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise InputError(f"{path}: BIDS filter file must map query names to {{entity: value}} objects")
+    name = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+    for query, entities in data.items():
+        if not name.fullmatch(query):
+            raise InputError(f"{path}: BIDS filter file: query names are letters, digits and '_' (e.g. \"t1w\")")
+        for entity, value in entities.items():
+            if not name.fullmatch(entity):
+                raise InputError(f"{path}: BIDS filter {query!r}: entity names are letters, digits and '_'")
+            values = value if isinstance(value, list) else [value]
+            if len(values) > MAX_FILTER_VALUES or not all(
+                    v is None or isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+                raise InputError(f"{path}: BIDS filter {query!r}: {entity!r} must be a string, an integer, null, "
+                                 f"or a list of at most {MAX_FILTER_VALUES} of them")
     return data
 
 

@@ -22,10 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from l2s_pipelines.bids_app.cli import EXIT_ALL_FAILED, EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED  # noqa: F401
 from l2s_pipelines.errors import InputError, ModelError
 
 LOG = logging.getLogger("l2s.run")
-EXIT_OK, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_ALL_FAILED = 0, 2, 3, 4
 POLL_S = 0.5
 #: States that count as "this image's job is over" for the progress display.
 _COUNTED = ("finishing", "ok", "failed", "skipped", "not_run")

@@ -29,12 +29,15 @@ from l2s_pipelines.errors import InputError, ModelError
 from l2s_pipelines.inference.memory import MemoryPlan
 from l2s_pipelines.io.checks import check_input_image
 from l2s_pipelines.inference.resample import native_blocks
-from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window
+from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window, window_starts
 from l2s_pipelines.io.checkpoint import load_model_package
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
 from l2s_pipelines.labels import LabelTable
 
 MODES = {"2d": 2, "2.5d": 2, "3d": 3}
+#: Most 3D sliding-window patches one image may need (a 96^3 patch at overlap 0.5 over a 1 mm
+#: head needs about 200).
+MAX_WINDOWS = 20_000
 
 
 def cpu_allocation() -> int:
@@ -215,6 +218,7 @@ class Segmenter:
         big = k * sub.numel() * 4 > self.max_buffer_bytes
         post = torch.empty((k, *sub.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
         if self.mode == "3d":
+            self._check_window_count(tuple(sub.shape))
             predict_sliding_window(self.model, sub, post, patch_size=self.patch_size, overlap=self.overlap,
                                    blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
         else:
@@ -275,6 +279,18 @@ class Segmenter:
                                   header=img.header if isinstance(img, nib.Nifti1Image) else None,
                                   soft_sums=soft, confidence_sum=conf[0], confidence_count=conf[1],
                                   posteriors_scale=scale)
+
+    def _check_window_count(self, shape) -> None:
+        """Refuse a 3D sliding window of more than :data:`MAX_WINDOWS` patches (a tiny patch or
+        an overlap near 1 would run for hours): a :class:`ModelError` naming the model."""
+        if self.patch_size is None:
+            return
+        patch = [min(int(p), n) for p, n in zip(self.patch_size, shape)]
+        count = math.prod(len(window_starts(n, p, self.overlap)) for n, p in zip(shape, patch))
+        if count > MAX_WINDOWS:
+            raise ModelError(f"model {self.manifest.get('name')!r}: patch {tuple(patch)} with overlap "
+                             f"{self.overlap} needs {count} windows over a {shape} grid (at most "
+                             f"{MAX_WINDOWS}); use a larger patch or a smaller overlap")
 
     def _check_model_grid(self, img, name: str) -> None:
         """Refuse, before resampling, an image whose model-space grid (its extent at the model's

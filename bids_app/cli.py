@@ -44,27 +44,33 @@ def _both(name: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``-`` and ``_`` spellings of every long option)."""
     from l2s_pipelines import __version__
+    from l2s_pipelines.bids_app.helpfmt import HelpFormatter
     from l2s_pipelines.bids_app.options import INPUT_SUFFIXES, PLUGINS
     from l2s_pipelines.workflows.execution import PLUGIN_ARGS
 
     p = _Parser(prog="l2s-bids", description="Brain MRI segmentation with Learn2Synth networks "
                 "(a BIDS App). Exit codes: 0 ok, 2 bad arguments or dataset, 3 some images "
-                "failed, 4 all images failed, 1 internal error (a bug).")
+                "failed, 4 all images failed, 1 internal error (a bug).",
+                formatter_class=HelpFormatter, epilog=EXAMPLES)
     p.add_argument("bids_dir", type=Path, help="input BIDS dataset")
     p.add_argument("output_dir", type=Path, help="output derivatives folder")
-    p.add_argument("analysis_level", choices=["participant", "group"])
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="participant: segment each image; group: tables and report of all participants")
     g = p.add_argument_group("selection")
     g.add_argument(*_both("--participant-label"), nargs="+", default=[], metavar="LABEL",
-                   help="subjects to process (with or without 'sub-'); default all")
+                   help="subjects to process, with or without 'sub-' (default: all)")
     g.add_argument(*_both("--session-label"), nargs="+", default=[], metavar="LABEL",
-                   help="sessions to process (with or without 'ses-'); default all")
+                   help="sessions to process, with or without 'ses-' (default: all)")
     g.add_argument(*_both("--bids-filter-file"), type=Path, metavar="FILE",
-                   help="JSON {query: {entity: value}}; null = entity absent, \"*\" = any")
-    g.add_argument(*_both("--input-suffix"), choices=INPUT_SUFFIXES, default="T1w")
+                   help="JSON {query: {entity: value}}, the query named after the lower-case input "
+                        "suffix (e.g. t1w); null = entity absent, \"*\" = any (default: no filter)")
+    g.add_argument(*_both("--input-suffix"), choices=INPUT_SUFFIXES, default="T1w",
+                   help="contrast of the input images to segment")
     g.add_argument(*_both("--reference-derivatives"), type=Path, metavar="PATH",
                    help="derivative dataset with reference dseg files for Dice (default: the "
                         "*_desc-reference_dseg files of any dataset under BIDS_DIR/derivatives)")
-    g.add_argument(*_both("--skip-bids-validation"), action="store_true")
+    g.add_argument(*_both("--skip-bids-validation"), action="store_true",
+                   help="index the dataset without validating its file names")
     r = p.add_argument_group("resources")
     r.add_argument("--nprocs", "--nthreads", "--n_cpus", "--n-cpus", dest="nprocs", type=int, metavar="N",
                    help="most threads of the whole run, all images together (as in fMRIPrep) "
@@ -74,26 +80,53 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(*_both("--parallel-images"), type=int, metavar="P",
                    help="images processed at once, each with T threads and --mem / P memory; "
                         "P x T must not exceed N (default: N // T)")
-    r.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem", help="memory bound, e.g. 8G (MB if no unit)")
-    r.add_argument("-w", *_both("--work-dir"), type=Path, default=Path("work"))
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    r.add_argument("--plugin", choices=PLUGINS, default="cf", help="Pydra worker")
+    r.add_argument("--mem", "--mem-mb", "--mem_mb", dest="mem",
+                   help="memory of the whole run, e.g. 8G (MB if no unit), shared by the parallel images "
+                        "(default: none, each image sizes itself from the free memory)")
+    r.add_argument("-w", *_both("--work-dir"), type=Path, default=Path("work"),
+                   help="Pydra cache folder, outside BIDS_DIR; reruns resume from it")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: the GPU if any)")
+    r.add_argument("--plugin", choices=PLUGINS, default="cf", help="Pydra worker (cf: local process pool)")
     r.add_argument(*_both("--plugin-args"), nargs="+", default=[], metavar="ARG",
                    help="worker options, a JSON object or key=value words; per plugin: "
                         + PLUGIN_ARGS.replace("%", "%%"))
     m = p.add_argument_group("model and outputs")
     m.add_argument("--model", type=Path, help="model package folder (default: bundled model)")
     m.add_argument(*_both("--save-probseg"), action="store_true", help="also write 4D posteriors")
-    m.add_argument(*_both("--output-spaces"), nargs="+", default=[], help="output spaces (native always)")
-    m.add_argument(*_both("--random-seed"), type=int, default=0)
+    m.add_argument(*_both("--output-spaces"), nargs="+", default=[], metavar="TEMPLATE",
+                   help="TemplateFlow templates to also write the labels in, e.g. MNI152NLin2009cAsym; "
+                        "registration is affine only (12 parameters, no nonlinear warp), so template-space "
+                        "labels are approximate (default: none; native space is always written)")
+    m.add_argument(*_both("--random-seed"), type=int, default=0,
+                   help="seed of torch and numpy; with the same input and --omp-nthreads, CPU output is "
+                        "bit-identical")
     o = p.add_argument_group("other")
-    o.add_argument(*_both("--stop-on-first-crash"), action="store_true")
-    o.add_argument(*_both("--reports-only"), action="store_true")
-    o.add_argument(*_both("--boilerplate-only"), action="store_true")
+    o.add_argument(*_both("--stop-on-first-crash"), action="store_true",
+                   help="run images one by one and stop after the first failure")
+    o.add_argument(*_both("--reports-only"), action="store_true",
+                   help="only rewrite the HTML reports of finished images")
+    o.add_argument(*_both("--boilerplate-only"), action="store_true",
+                   help="only write the methods text (logs/CITATION.md)")
     o.add_argument("--notrack", action="store_true", help="accepted; there is no telemetry")
-    o.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0)
+    o.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                   help="more messages: -v progress, -vv debug (default: warnings only)")
     o.add_argument("--version", action="version", version=f"l2s-bids {__version__}")
     return p
+
+
+EXAMPLES = """examples:
+  # every subject, 16 threads in all, 4 per image (so 4 images at once), 32 GB shared
+  l2s-bids /data/bids /data/bids/derivatives/l2s-pipelines participant -w /scratch/work \\
+      --nprocs 16 --omp-nthreads 4 --mem 32G
+  # two subjects on the GPU, with 4D posteriors and Dice against a reference dataset
+  l2s-bids /data/bids /out participant --participant-label 01 02 --device cuda:0 \\
+      --save-probseg --reference-derivatives /data/bids/derivatives/manual
+  # one subject per SLURM array task into one shared output folder (see docs/hpc.md)
+  l2s-bids /data/bids /out participant --participant-label "$SUBJECT" -w "$TMPDIR/work" \\
+      --nprocs "$SLURM_CPUS_PER_TASK" --omp-nthreads "$SLURM_CPUS_PER_TASK" --skip-bids-validation
+  # tables and report of all participants, once the participant level is done
+  l2s-bids /data/bids /out group
+"""
 
 
 def options_from_args(ns: argparse.Namespace):

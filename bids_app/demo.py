@@ -117,7 +117,10 @@ def build_demo_dataset(root, *, n_subjects: int = 3, seed: int = 0, resolution: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="l2s-demo", description=__doc__.split("\n\n")[0])
+    from l2s_pipelines.bids_app.helpfmt import HelpFormatter  # plain text, no reST markup
+
+    p = argparse.ArgumentParser(prog="l2s-demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--output", type=Path, default=Path("l2s-demo"),
                    help="demo folder: rawdata/, derivatives/l2s-pipelines/ and work/ go there")
     p.add_argument("--work-dir", "--work_dir", "-w", type=Path, default=None,

@@ -45,8 +45,10 @@ NIFTI_EXT = (".nii", ".nii.gz")
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``l2s-train`` (``-`` and ``_`` spellings both accepted)."""
+    from l2s_pipelines.bids_app.helpfmt import HelpFormatter  # plain text, no reST markup
+
     p = argparse.ArgumentParser(prog="l2s-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
 
     def add(*names, **kw):
         alts = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]

@@ -15,8 +15,8 @@ convs_per_level            1 to :data:`MAX_CONVS`; ``in_channels`` 1 to :data:`M
 preprocessing.voxel_size   one or three numbers in mm, :data:`VOXEL_MM_RANGE`
 percentiles                two numbers, ``0 <= low < high <= 100``
 inference.mode             ``2d``, ``2.5d`` (2D network) or ``3d`` (3D network)
-inference.planes           non-empty, distinct, of ``axial``, ``coronal``, ``sagittal``
-inference.patch_size       ``ndim`` integers, 1 to :data:`MAX_PATCH` voxels (or absent)
+inference.planes           2D: distinct, of ``axial``, ``coronal``, ``sagittal`` (empty: axial)
+inference.patch_size       integers (3 for a 3D network), 1 to :data:`MAX_PATCH` voxels, or absent
 inference.overlap          a number in ``[0, MAX_OVERLAP]`` (3D windows per axis <= ~1/(1-o))
 inference.blending         ``gaussian`` or ``constant``
 labels[].color             ``#rrggbb`` when given
@@ -105,14 +105,15 @@ def _check_inference(inf, ndim: int, where) -> None:
     if not isinstance(mode, str) or MODES.get(mode.lower()) != ndim:
         raise ModelError(f"{where}: inference.mode must be {' or '.join(m for m in MODES if MODES[m] == ndim)} "
                          f"for a {ndim}D network")
-    planes = inf.get("planes", ["axial"])
-    if (not isinstance(planes, list) or not planes or len(set(map(str, planes))) != len(planes)
-            or not all(p in PLANES for p in planes)):
+    planes = inf.get("planes") or ["axial"]
+    if ndim == 2 and (not isinstance(planes, list) or len(set(map(str, planes))) != len(planes)
+                      or not all(p in PLANES for p in planes)):
         raise ModelError(f"{where}: inference.planes must be distinct names of {', '.join(PLANES)}")
-    patch = inf.get("patch_size")
-    if patch is not None and (not isinstance(patch, list) or len(patch) != ndim
+    patch = inf.get("patch_size")  # used by 3D networks only (2D ones predict whole slices)
+    if patch is not None and (not isinstance(patch, list) or len(patch) != (3 if ndim == 3 else len(patch))
                               or not all(_int(p) and 1 <= p <= MAX_PATCH for p in patch)):
-        raise ModelError(f"{where}: inference.patch_size must be {ndim} integers of 1 to {MAX_PATCH}")
+        raise ModelError(f"{where}: inference.patch_size must be {'3 ' if ndim == 3 else ''}integers of 1 "
+                         f"to {MAX_PATCH}")
     overlap = inf.get("overlap", 0.5)
     if not _number(overlap) or not 0 <= overlap <= MAX_OVERLAP:
         raise ModelError(f"{where}: inference.overlap must be a number of 0 to {MAX_OVERLAP}")

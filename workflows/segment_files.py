@@ -6,16 +6,16 @@ and the nipype interface :class:`~l2s_pipelines.workflows.nipype_interface.L2SSe
 BIDS app's ``SegmentImage`` task computes its tables with the same :func:`write_measures`. The
 result folder holds the files of the BIDS app's per-image result folder:
 
-=================  ===========================================================================
-``dseg.nii.gz``    int16 label values on the input grid (on the model grid with ``resample``)
-``dseg.tsv``       the model's look-up table (``index name abbreviation color``)
-``volumes.tsv``    hard and soft volume of every label in mm^3
-``qc.json``        automated QC flags (:func:`l2s_pipelines.metrics.qc_flags`)
-``dice.tsv``       Dice per label, only with a ``reference`` label map on the same grid
-``probseg.nii.gz`` ``(X, Y, Z, K)`` posteriors in look-up-table order, only with ``posteriors``
-``resampled.nii.gz`` the input on the model grid (RAS, model voxel size, linear), with ``resample``
-``info.json``      source, model (name, sha256, accuracy warning), device, threads, timings
-=================  ===========================================================================
+======================  ======================================================================
+``dseg.nii.gz``         int16 label values on the input grid (on the model grid with ``resample``)
+``dseg.tsv``            the model's look-up table (``index name abbreviation color``)
+``volumes.tsv``         hard and soft volume of every label in mm^3
+``qc.json``             automated QC flags (:func:`l2s_pipelines.metrics.qc_flags`)
+``dice.tsv``            Dice per label, only with a ``reference`` label map on the same grid
+``probseg.nii.gz``      ``(X, Y, Z, K)`` posteriors in look-up-table order, with ``posteriors``
+``resampled.nii.gz``    the input on the model grid (RAS, model voxel size, linear), with ``resample``
+``info.json``           source, model (name, sha256, accuracy warning), device, threads, timings
+======================  ======================================================================
 
 Files are written in the folder the caller gives (a Pydra or nipype job folder, or a staging
 folder that ``l2s-segment`` moves into place atomically).
@@ -174,9 +174,8 @@ def load_segmenter(model=None, *, device: str = "auto", threads: int = 1, budget
     """The :class:`~l2s_pipelines.inference.Segmenter` of the model package ``model`` (default:
     the bundled one) on ``device`` with ``threads`` CPU threads."""
     from l2s_pipelines.inference import Segmenter
-    from l2s_pipelines.io.checkpoint import default_model_dir
 
-    return Segmenter.from_package(model or default_model_dir(), device, threads=max(1, int(threads)),
+    return Segmenter.from_package(model or None, device, threads=max(1, int(threads)),
                                   memory_budget_bytes=budget_bytes)
 
 

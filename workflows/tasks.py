@@ -173,11 +173,11 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     import numpy as np
     import torch
 
-    from l2s_pipelines import metrics
     from l2s_pipelines.inference import Segmenter
     from l2s_pipelines.io.checks import check_nifti_file
     from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
     from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
+    from l2s_pipelines.workflows.segment_files import write_measures
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(nthreads)))
@@ -200,21 +200,14 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
     accuracy_note = accuracy_warning(segmenter.manifest)
     warnings = list(warnings) + ([accuracy_note] if accuracy_note else [])
     table = res.label_table
-    dseg = np.asarray(res.dseg).astype(np.int16)
     nib.save(res.dseg_image(), out / "dseg.nii.gz")
     probseg_dtype = None
     if save_probseg:
         probseg_dtype = str(res.posteriors.dtype)
         nib.save(res.probseg_image(), out / "probseg.nii.gz")
         res.posteriors = None
-    vols = metrics.label_volumes(dseg, None, img.affine, table, soft_sums=res.soft_sums)
-    metrics.write_tsv(vols["rows"], out / "volumes.tsv", metrics.VOLUME_COLUMNS)
-    if reference:
-        ref = np.asarray(nib.load(reference).dataobj).reshape(dseg.shape).astype(np.int64)
-        rows = metrics.dice_scores(dseg, ref, table, 255, img.affine)
-        metrics.write_tsv(rows, out / "dice.tsv", metrics.DICE_COLUMNS)
-    flags = metrics.qc_flags(dseg, None, vols, table, mean_confidence=res.mean_max_posterior)
-    _write_json(out / "qc.json", {"flags": flags})
+    ref = np.asarray(nib.load(reference).dataobj) if reference else None
+    vols = write_measures(out, result=res, affine=img.affine, reference_data=ref)["volumes"]
     plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures")
     timings = {k: float(v) for k, v in dict(res.timings_s).items()}
     info = {

@@ -30,7 +30,7 @@ from l2s_pipelines.inference.memory import MemoryPlan
 from l2s_pipelines.io.checks import check_input_image
 from l2s_pipelines.inference.resample import native_blocks
 from l2s_pipelines.inference.sliding_window import predict_planes, predict_sliding_window, window_starts
-from l2s_pipelines.io.checkpoint import load_model_package
+from l2s_pipelines.io.checkpoint import default_model_dir, load_model_package
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
 from l2s_pipelines.labels import LabelTable
 
@@ -176,9 +176,10 @@ class Segmenter:
         self._values = torch.tensor(self.labels.values, dtype=torch.int16)
 
     @classmethod
-    def from_package(cls, path, device: str = "auto", *, threads: int | None = None,
+    def from_package(cls, path=None, device: str = "auto", *, threads: int | None = None,
                      memory_budget_bytes: int | None = None, **kwargs) -> "Segmenter":
-        """Load a model package (see :func:`load_model_package`) onto ``device``
+        """Load a model package (see :func:`load_model_package`; ``None``: the bundled model,
+        :func:`~l2s_pipelines.io.checkpoint.default_model_dir`) onto ``device``
         (``auto``, ``cpu``, ``cuda``, ``cuda:N``). On CPU, torch uses ``threads`` threads, by
         default no more than the job's CPU allocation (:func:`cpu_allocation`).
         ``memory_budget_bytes``: see the class docstring and :mod:`.memory`."""
@@ -186,7 +187,7 @@ class Segmenter:
         if dev.type == "cpu":
             n = threads or min(torch.get_num_threads(), cpu_allocation())
             torch.set_num_threads(max(1, n))
-        model, manifest = load_model_package(path, device=dev)
+        model, manifest = load_model_package(default_model_dir() if path is None else path, device=dev)
         return cls(model, manifest, dev, memory_budget_bytes=memory_budget_bytes, **kwargs)
 
     def _model_space(self, data: np.ndarray, affine: np.ndarray):

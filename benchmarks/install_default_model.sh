@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Install a trained package (from benchmarks/train_default.sh) as the bundled default model:
-# writes its training report, then copies weights, manifest, curves and report into
-# l2s_pipelines/models/default (weights first, each file renamed into place).
-#   bash benchmarks/install_default_model.sh /work/runs/l2s-parametric/step_02000
+# writes its training report, stores the weights in float16 (half the size in git; the network
+# runs in float32, the weights are cast on load), copies manifest, curves, examples and report
+# into l2s_pipelines/models/default (the new folder is built beside it, then swapped in), and
+# records its measured accuracy in the manifest (benchmarks/record_accuracy.py --record).
+#   bash benchmarks/install_default_model.sh /work/runs/campaign/step_10000
 set -euo pipefail
 src=$1
 root=$(cd "$(dirname "$0")/.." && pwd)
-dst="$root/l2s_pipelines/models/default"
-"$root/.venv/bin/python" -c "import sys; from l2s_pipelines.bids_app.training_report import write_training_report as w; print(w(sys.argv[1]))" "$src"
-"$root/.venv/bin/python" -c "import sys; from l2s_pipelines.io.checkpoint import load_model_package as l; l(sys.argv[1])" "$src"
+dst="${DST:-$root/l2s_pipelines/models/default}"
+py="$root/.venv/bin/python"
+"$py" -c "import sys; from l2s_pipelines.bids_app.training_report import write_training_report as w; print(w(sys.argv[1]))" "$src"
 rm -rf "$dst.new" && mkdir -p "$dst.new/figures"
-cp "$src/model.safetensors" "$src/manifest.json" "$src/metrics.jsonl" "$src/training_report.html" "$dst.new/"
+"$py" - "$src" "$dst.new" <<'PY'
+import sys
+from l2s_pipelines.io.checkpoint import load_model_package, save_model_package
+model, manifest = load_model_package(sys.argv[1])
+manifest["weights_storage"] = "float16 (cast to float32 on load)"
+save_model_package(sys.argv[2], model.half(), manifest)
+PY
+cp "$src/training_report.html" "$dst.new/"
+# the curves, thinned for git: every 25th step and every evaluated step (the report above was
+# drawn from the full file in the run folder)
+"$py" -c "
+import json, sys
+keep = [l for l in open(sys.argv[1]) if l.strip() and ((r := json.loads(l))['step'] % 25 == 24
+        or any(k.endswith('val_dice') for k in r))]
+open(sys.argv[2], 'w').writelines(keep)" "$src/metrics.jsonl" "$dst.new/metrics.jsonl"
 cp "$src"/figures/*.png "$dst.new/figures/"
+"$py" "$root/benchmarks/record_accuracy.py" --record "$dst.new" --threads "${NTHREADS:-1}"
 rm -rf "$dst.old"; [ -d "$dst" ] && mv "$dst" "$dst.old"
 mv "$dst.new" "$dst" && rm -rf "$dst.old"
 du -sh "$dst"

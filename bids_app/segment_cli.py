@@ -139,16 +139,29 @@ def _with(base: Path, suffix: str) -> Path:
 
 
 def publish(staged: Path, *, source: Path, dseg: Path, base: Path) -> dict[str, Path]:
-    """Move the staged result folder's files to their names (atomically, sidecar last)."""
+    """Move the staged result folder's files to their names, each atomically and the sidecar
+    last; when one fails, the files of this image already written are removed again."""
+    info = json.loads((staged / "info.json").read_text())
+    sidecar = dseg.with_name(_stem(dseg) + ".json")
+    sidecar.unlink(missing_ok=True)  # the outputs are complete only once it is rewritten
+    written: dict[str, Path] = {}
+    try:
+        _publish_files(staged, info, source=source, dseg=dseg, base=base, written=written)
+    except BaseException:  # an image has all its outputs or none: no mixed set is left behind
+        for path in written.values():
+            path.unlink(missing_ok=True)
+            if path.suffix == ".tsv":
+                path.with_suffix(".json").unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _publish_files(staged: Path, info: dict, *, source: Path, dseg: Path, base: Path, written: dict) -> None:
     from l2s_pipelines import __version__
     from l2s_pipelines.bids_app import tables
     from l2s_pipelines.bids_app.derivatives import PIPELINE_NAME, atomic_copy, atomic_write_text, write_json
     from l2s_pipelines.bids_app.provenance import code_url, software_versions
 
-    info = json.loads((staged / "info.json").read_text())
-    sidecar = dseg.with_name(_stem(dseg) + ".json")
-    sidecar.unlink(missing_ok=True)  # the outputs are complete only once it is rewritten
-    written = {}
     tsv_text, _ = tables.lookup_table_tsv(staged / "dseg.nii.gz", info["labels"])
     written["dseg_tsv"] = atomic_write_text(dseg.with_name(_stem(dseg) + ".tsv"), tsv_text)
     written["dseg"] = atomic_copy(staged / "dseg.nii.gz", dseg, move=True)
@@ -169,8 +182,7 @@ def publish(staged: Path, *, source: Path, dseg: Path, base: Path) -> dict[str, 
             "L2SVersions": software_versions()}
     if info.get("probseg_encoding"):
         meta["ProbsegEncoding"] = info["probseg_encoding"]
-    written["dseg_json"] = write_json(sidecar, meta)
-    return written
+    written["dseg_json"] = write_json(dseg.with_name(_stem(dseg) + ".json"), meta)
 
 
 def _csv_text(rows: list[dict]) -> str:

@@ -34,14 +34,14 @@ _OPTIONAL = ("probseg", "dice", "resampled")
 
 
 class L2SSegmentInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="3D NIfTI image to segment")
-    model = Directory(exists=True, desc="model package folder (default: the bundled model)")
+    in_file = File(exists=True, resolve=True, mandatory=True, desc="3D NIfTI image to segment")
+    model = Directory(exists=True, resolve=True, desc="model package folder (default: the bundled model)")
     device = traits.Str("auto", usedefault=True, desc="auto, cpu, cuda or cuda:N")
     threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
     posteriors = traits.Bool(False, usedefault=True, desc="also write 4D posteriors (probseg)")
     resample = traits.Bool(False, usedefault=True,
                            desc="segment on the model grid (RAS, model voxel size); outputs on that grid")
-    reference = File(exists=True, desc="reference label map on the input grid: adds a Dice table")
+    reference = File(exists=True, resolve=True, desc="reference label map on the input grid: adds a Dice table")
     mem_mb = traits.Int(0, usedefault=True, desc="memory budget in MiB (0: automatic)")
 
 

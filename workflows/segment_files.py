@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from fileformats.generic import Directory
+from fileformats.generic import Directory, File
 from pydra.compose import python
 
 from l2s_pipelines import metrics
@@ -180,12 +180,14 @@ def load_segmenter(model=None, *, device: str = "auto", threads: int = 1, budget
 
 
 @python.define(outputs=["out_dir", "dseg", "volumes", "qc"])
-def SegmentFile(in_file: str, model: str = "", device: str = "auto", threads: int = 1,
-                posteriors: bool = False, resample: bool = False, reference: str = "",
-                mem_mb: int = 0) -> tuple[Directory, str, str, str]:
+def SegmentFile(in_file: File, model: Directory | None = None, device: str = "auto", threads: int = 1,
+                posteriors: bool = False, resample: bool = False, reference: File | None = None,
+                mem_mb: int = 0) -> tuple[Directory, File, File, File]:
     """Pydra task: segment one NIfTI file (for users' own workflows).
 
-    ``model``: model package folder ("" = the bundled model); ``device``: auto, cpu, cuda or
+    Paths are fileformats objects, so Pydra hashes the image, the reference and the model
+    package by content (a changed model reruns the task). ``model``: model package folder
+    (None = the bundled model); ``device``: auto, cpu, cuda or
     cuda:N; ``threads``: torch CPU threads; ``posteriors``, ``resample``, ``reference``: see
     :func:`segment_to_folder`; ``mem_mb``: memory budget in MiB (0 = automatic). Outputs: the
     result folder (module docstring) and the paths of its ``dseg.nii.gz``, ``volumes.tsv`` and
@@ -203,9 +205,10 @@ def SegmentFile(in_file: str, model: str = "", device: str = "auto", threads: in
     from l2s_pipelines.workflows.tasks import memory_budget_bytes
 
     budget = memory_budget_bytes(mem_mb, threads)
-    segmenter = load_segmenter(model or None, device=device, threads=threads, budget_bytes=budget)
+    segmenter = load_segmenter(None if model is None else str(model), device=device, threads=threads,
+                               budget_bytes=budget)
     out = Path.cwd() / "result"
-    done = segment_to_folder(segmenter, in_file, out, posteriors=posteriors, resample=resample,
-                             reference=reference or None, budget_bytes=budget)
+    done = segment_to_folder(segmenter, str(in_file), out, posteriors=posteriors, resample=resample,
+                             reference=None if reference is None else str(reference), budget_bytes=budget)
     files = done["files"]
-    return Directory(out), str(files["dseg"]), str(files["volumes"]), str(files["qc"])
+    return Directory(out), File(files["dseg"]), File(files["volumes"]), File(files["qc"])

@@ -293,9 +293,10 @@ def _atomic_json(path: Path, obj: dict) -> None:
 
 
 def cumulative_wall_time(records: list[dict]) -> float | None:
-    """Training wall time (s) from ``metrics.jsonl`` records whose ``time`` restarts at each
-    resume: the per-session times are summed (time between the last log and an interruption is
-    lost). None when nothing was logged."""
+    """Training wall time (s) from ``metrics.jsonl`` records. The trainer's ``time`` continues
+    across resumes; logs of older versions restart it at each resume, and their per-session
+    times are summed (time between the last log and an interruption is lost). None when
+    nothing was logged."""
     total, last = 0.0, None
     for r in sorted((r for r in records if isinstance(r.get("time"), (int, float))), key=lambda r: r["step"]):
         if last is not None and r["time"] < last:

@@ -283,18 +283,14 @@ def init_train_wf(*, spec: dict, name: str = "train_wf"):
     return TrainWf(spec_json=spec_json)
 
 
-def clean_stale(work_dir: Path) -> None:
-    """Remove ``*.lock`` and ``_error.pklz`` files left by killed or failed runs in ``work_dir``."""
-    for pattern in ("*.lock", "_error.pklz"):
-        for f in Path(work_dir).rglob(pattern):
-            f.unlink(missing_ok=True)
-
-
 def run_train_wf(spec: dict, *, plugin: str = "cf", work_dir, sbatch_args: str = "") -> dict:
     """Run :func:`init_train_wf` through Pydra's Submitter with worker ``plugin``.
 
     The task always reruns (the trainer itself resumes from ``spec["out_dir"]``), so a
-    deleted output is rebuilt rather than served from Pydra's cache. Returns
+    deleted output is rebuilt rather than served from Pydra's cache. ``work_dir`` (Pydra's
+    cache; l2s-train passes ``WORK_DIR/pydra``) is claimed and cleaned of stale locks and error
+    records by :func:`~l2s_pipelines.workflows.execution.clean_work_dir` (only Pydra's own
+    layout: nothing else is ever removed, and a folder holding foreign files is refused). Returns
     ``{"model_dir", "metrics"}``; raises InputError for input errors found by the task and
     RuntimeError with Pydra's error text when training failed.
     """
@@ -302,11 +298,12 @@ def run_train_wf(spec: dict, *, plugin: str = "cf", work_dir, sbatch_args: str =
 
     from l2s_pipelines.errors import InputError
 
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale(work_dir)
+    from l2s_pipelines.workflows.execution import clean_work_dir
+
+    cache = Path(work_dir)
+    clean_work_dir(cache)
     kwargs = {"n_procs": 1} if plugin == "cf" else {"sbatch_args": sbatch_args} if plugin == "slurm" else {}
-    with Submitter(worker=plugin, cache_root=work_dir, **kwargs) as sub:
+    with Submitter(worker=plugin, cache_root=cache, **kwargs) as sub:
         res = sub(init_train_wf(spec=spec), rerun=True, raise_errors=False)
     if res.errored:
         raise RuntimeError(_error_text(res.errors))

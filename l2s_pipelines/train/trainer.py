@@ -318,7 +318,8 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
         log.reset()
     total = c.total_steps
     progress = Progress(total, start, every=c.log_every, stream=progress_stream)
-    t0 = time.perf_counter()
+    logged = log.read() if start else []  # ``time`` continues across resumes (cumulative)
+    t0 = time.perf_counter() - (max((r.get("time", 0.0) for r in logged), default=0.0))
     last_dice = None
     for step in range(start, total):
         phase = c.phase(step)

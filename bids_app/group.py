@@ -13,7 +13,9 @@ Outputs in ``OUTPUT_DIR`` (all listed in ``.bidsignore``):
 
 Every table is written by :func:`~l2s_pipelines.bids_app.tables.write_table` with a JSON data
 dictionary beside it (``group_volumes.json``, ...).
-- ``figures/group_volumes.png``, ``figures/group_dice.png`` and ``group.html``.
+- ``figures/group_volumes.png`` (one heatmap of every label's robust z-score), ``figures/group_dice.png``
+  (Dice per structure, held-out and tuning images apart; see
+  :mod:`~l2s_pipelines.bids_app.group_figures`) and ``group.html``.
 
 Robust z-score of label ``l`` for image ``i``: ``0.6745 * (v_il - median_l) / MAD_l`` with
 ``v = volume_hard / TIV``; labels with ``MAD = 0`` (or fewer than 3 images) get no z-score.
@@ -25,21 +27,18 @@ import logging
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from l2s_pipelines.bids_app import html as H  # noqa: E402
-from l2s_pipelines.bids_app.derivatives import atomic_write_text, write_bidsignore  # noqa: E402
-from l2s_pipelines.bids_app.report import ImageDerivatives, collect_images, write_subject_report  # noqa: E402
-from l2s_pipelines.bids_app.tables import write_table  # noqa: E402
-from l2s_pipelines.errors import InputError  # noqa: E402
+from l2s_pipelines.bids_app import html as H
+from l2s_pipelines.bids_app.derivatives import atomic_write_text, write_bidsignore
+from l2s_pipelines.bids_app.group_figures import OUTLIER_Z, dice_plot, volume_heatmap
+from l2s_pipelines.bids_app.report import ImageDerivatives, collect_images, write_subject_report
+from l2s_pipelines.bids_app.tables import write_table
+from l2s_pipelines.errors import InputError
+from l2s_pipelines.metrics import mean_dice
 
 LOGGER = logging.getLogger("l2s_pipelines.group")
-OUTLIER_Z = 3.0
 EXIT_BAD_INPUT = 2
 _IDS = {"image": "Image: the output name prefix of its segmentation (sub-X[_ses-Y]...).",
         "participant_id": "Participant.", "session_id": "Session (n/a: none)."}
@@ -50,7 +49,8 @@ DICTIONARIES = {
                      "*": {"Description": "Soft volume (posterior sum) of the label named by the column.",
                            "Units": "mm^3"}},
     "dice": {**_IDS, "used_for_tuning": "True when the image's subject tuned the model (not held out).",
-             "mean_dice": "Mean Dice over the labels scored.", "*": "Dice of the label named by the column."},
+             "mean_dice": "Mean Dice over the non-background labels present in prediction or reference "
+                          "(l2s_pipelines.metrics.mean_dice, as in the subject report).", "*": "Dice of the label named by the column."},
     "qc": {**_IDS, "n_flagged": "Number of QC flags raised.",
            "*": "QC measure value, or <measure>_flagged: True when beyond its threshold."},
     "outliers": {**_IDS, "label": "Label.", "percent_tiv": {"Description": "Hard volume as % of TIV.", "Units": "%"},
@@ -107,7 +107,7 @@ def dice_table(images: list[ImageDerivatives]) -> pd.DataFrame:
     table = _wide(with_ref, lambda i: i.dice, "dice")
     labels = table.columns[3:]
     table.insert(3, "used_for_tuning", [bool(i.sidecar.get("UsedForTuning")) for i in with_ref])
-    table.insert(4, "mean_dice", table[labels].astype(float).mean(axis=1, skipna=True) if len(labels) else [])
+    table.insert(4, "mean_dice", [mean_dice(i.dice.to_dict("records")) for i in with_ref])
     return table
 
 
@@ -149,76 +149,64 @@ def outliers(hard: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(found, columns=["image", "participant_id", "session_id", "label", "percent_tiv", "robust_z"])
 
 
-def _panels(values: pd.DataFrame, labels: list[str], path: Path, unit: str,
-            z: pd.DataFrame | None = None) -> Path | None:
-    """Small multiples, one panel per label (own scale): box plot with the images as points.
-
-    Points with ``|z| > OUTLIER_Z`` are drawn in red. Labels without any value are left out.
-    """
-    keep = [c for c in labels if pd.to_numeric(values[c], errors="coerce").notna().any()]
-    if not keep:
-        return None
-    ncol = 4
-    nrow = int(np.ceil(len(keep) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(11, 1.05 * nrow + 0.4), dpi=90, squeeze=False)
-    rng = np.random.default_rng(0)  # fixed jitter: reruns give identical figures
-    for ax, label in zip(axes.flat, keep):
-        col = pd.to_numeric(values[label], errors="coerce")
-        ok = col.notna().to_numpy()
-        data = col.to_numpy()[ok]
-        ax.boxplot(data, orientation="horizontal", widths=0.5, showfliers=False)
-        out = (z[label].abs() > OUTLIER_Z).to_numpy()[ok] if z is not None else np.zeros(data.size, bool)
-        jitter = 1 + rng.uniform(-0.18, 0.18, data.size)
-        ax.plot(data[~out], jitter[~out], "o", ms=3, alpha=0.6, color="#1f5fa8")
-        ax.plot(data[out], jitter[out], "o", ms=4, color="#c62828")
-        ax.set_title(label, fontsize=8, pad=2)
-        ax.set_yticks([])
-        ax.tick_params(axis="x", labelsize=7)
-    for ax in list(axes.flat)[len(keep):]:
-        ax.axis("off")
-    fig.supxlabel(unit, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def _image_link(name: str, participant: str) -> str:
     anchor = "".join(c for c in name if c.isalnum() or c in "_-")
     return f'<a href="{H.esc(participant)}.html#{H.esc(anchor)}">{H.esc(name)}</a>'
 
 
+def _names(names: list[str], most: int = 20) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _dice_section(dice: pd.DataFrame) -> str:
+    """Held-out and tuning images summarised apart, then every image, worst mean Dice first."""
+    tuned = dice["used_for_tuning"].astype(bool)
+    note = (f'<div class="callout">Used to tune the model (not held out): '
+            f'{H.esc(_names(dice.loc[tuned, "image"].tolist()))}. Their Dice is not a held-out estimate.</div>'
+            if tuned.any() else "<p>No image with a reference was used to tune the model.</p>")
+    summary = []
+    for name, mask in (("held out", ~tuned), ("used for tuning", tuned)):
+        values = pd.to_numeric(dice.loc[mask, "mean_dice"], errors="coerce")
+        summary.append([name, int(mask.sum()), H.fmt(values.mean(), 3), H.fmt(values.median(), 3),
+                        H.fmt(values.min(), 3)])
+    order = dice.assign(_t=tuned).sort_values(["_t", "mean_dice"], kind="stable")
+    rows = [[_image_link(r.image, r.participant_id), "yes" if r.used_for_tuning else "no",
+             H.fmt(r.mean_dice, 3)] for r in order.itertuples(index=False)]
+    return ("<section><h2>Dice against reference labels</h2>" + note
+            + "<p>Mean Dice per image: non-background labels present in prediction or reference.</p>"
+            + H.table(["Images", "n", "Mean", "Median", "Lowest"], summary)
+            + '<h3>Per image (held out first, lowest first)</h3><div class="scroll">'
+            + H.table(["Image", "Used for tuning", "Mean Dice"], rows, raw_columns=(0,)) + "</div></section>")
+
+
 def _group_html(output_dir: Path, hard, dice, qc, found, figures: dict, accuracy_warnings=()) -> str:
-    rows = [[_image_link(r.image, r.participant_id), r.session_id, H.fmt(r.tiv_mm3),
-             int(qc.loc[qc["image"] == r.image, "n_flagged"].iat[0]),
-             int((found["image"] == r.image).sum())] for r in hard.itertuples(index=False)]
+    flags = dict(zip(qc["image"], qc["n_flagged"]))
+    n_out = found["image"].value_counts().to_dict()
+    rows = sorted(([_image_link(r.image, r.participant_id), r.session_id, H.fmt(r.tiv_mm3),
+                    int(flags.get(r.image, 0)), int(n_out.get(r.image, 0))] for r in hard.itertuples(index=False)),
+                  key=lambda row: -(row[3] + row[4]))
     body = [f'<div class="callout">{H.esc(w)}</div>' for w in accuracy_warnings]
-    body += ["<section><h2>Images</h2>", H.table(["Image", "Session", "TIV (mm³)", "QC flags",
-                                                 "Volume outliers"], rows, raw_columns=(0,)), "</section>"]
+    body += ["<section><h2>Images</h2><p>Images with QC flags or volume outliers first.</p>",
+             '<div class="scroll">', H.table(["Image", "Session", "TIV (mm³)", "QC flags", "Volume outliers"],
+                                              rows, raw_columns=(0,)), "</div></section>"]
     body.append(f"<section><h2>Outliers (|robust z| &gt; {OUTLIER_Z:g}, volume as % of TIV)</h2>")
     if found.empty:
         body.append("<p>No outliers" + (" (fewer than 3 images: no z-scores)." if len(hard) < 3 else ".")
                     + "</p>")
     else:
-        body.append(H.table(["Image", "Label", "% of TIV", "Robust z"], [
+        body.append('<div class="scroll">' + H.table(["Image", "Label", "% of TIV", "Robust z"], [
             [_image_link(r.image, r.participant_id), r.label, H.fmt(r.percent_tiv, 3),
              H.fmt(r.robust_z, 2)] for r in found.itertuples(index=False)], raw_columns=(0,),
-            text_columns=(0, 1)))
+            text_columns=(0, 1)) + "</div>")
     body.append("</section>")
-    for key, title in (("volumes", "Volume distributions (% of TIV)"), ("dice", "Dice distributions")):
+    for key, title in (("volumes", "Volumes of all labels, one heatmap"),
+                       ("dice", "Dice per structure (held out and tuning apart)")):
         if figures.get(key):
             rel = figures[key].relative_to(output_dir).as_posix()
             body.append(f'<section><h2>{title}</h2><img class="mosaic" src="{H.esc(rel)}" '
                         f'alt="{H.esc(title)}"></section>')
     if not dice.empty:
-        tuned = dice[dice["used_for_tuning"]]["image"].tolist()
-        note = (f'<div class="callout">Used to tune the model (not held out): {H.esc(", ".join(tuned))}'
-                "</div>" if tuned else "<p>No image with a reference was used to tune the model.</p>")
-        rows = [[_image_link(r.image, r.participant_id), "yes" if r.used_for_tuning else "no",
-                 H.fmt(r.mean_dice, 3)] for r in dice.itertuples(index=False)]
-        body.append("<section><h2>Dice against reference labels</h2>" + note +
-                    H.table(["Image", "Used for tuning", "Mean Dice"], rows, raw_columns=(0,)) + "</section>")
+        body.append(_dice_section(dice))
     body.append("<section><h2>Tables</h2><ul>" + "".join(
         f'<li><a href="{n}">{n}</a></li>' for n in ("group_volumes.tsv", "group_volumes_soft.tsv",
                                                     "group_dice.tsv", "group_qc.tsv", "group_outliers.tsv")
@@ -263,10 +251,11 @@ def build_group(output_dir, participants=None) -> dict[str, Path]:
     labels = list(hard.columns[5:])
     relative = hard[labels].apply(pd.to_numeric, errors="coerce").div(
         pd.to_numeric(hard["tiv_mm3"], errors="coerce"), axis=0) * 100.0
-    figures = {"volumes": _panels(relative, labels, output_dir / "figures" / "group_volumes.png",
-                                  "volume (% of TIV); red: |robust z| > 3", z=robust_z(relative)),
-               "dice": _panels(dice, list(dice.columns[5:]), output_dir / "figures" / "group_dice.png",
-                               "Dice") if not dice.empty else None}
+    tuned = {i.name for i in images if i.sidecar.get("UsedForTuning")}
+    figures = {"volumes": volume_heatmap(relative, robust_z(relative), hard["image"].tolist(), tuned,
+                                         output_dir / "figures" / "group_volumes.png"),
+               "dice": dice_plot(dice, list(dice.columns[5:]), output_dir / "figures" / "group_dice.png")
+               if not dice.empty else None}
     written.update({f"figure_{k}": v for k, v in figures.items() if v})
     for participant in sorted({i.subject for i in images}):
         if not (output_dir / f"sub-{participant}.html").exists():

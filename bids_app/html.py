@@ -32,6 +32,10 @@ tr.flagged td{background:#fff1e6}
 .badge{display:inline-block;padding:.1rem .5rem;border-radius:3px;font-size:.8rem;font-weight:600}
 .ok{background:#dff3e3;color:#1b5e20}.warn{background:#ffe0b2;color:#8a4b00}
 .bad{background:#ffd6d6;color:#8e0000}
+.na{background:#eceff1;color:#546e7a}
+.legend{border:1px solid #dde1e7;border-radius:4px;padding:.2rem .8rem;margin:.5rem 0;background:#fafbfc}
+.legend ul{list-style:none;padding:0;margin:.3rem 0;columns:15rem auto;font-size:.85rem}
+.legend li{break-inside:avoid;margin:.1rem 0}.legend p{font-size:.85rem;margin:.3rem 0}
 .callout{border-left:4px solid #e08a00;background:#fff6e8;padding:.5rem 1rem;margin:.5rem 0}
 .error{border-left:4px solid #c62828;background:#fdecec;padding:.5rem 1rem;margin:.5rem 0;
  font-family:ui-monospace,monospace;white-space:pre-wrap;font-size:.85rem}
@@ -81,7 +85,7 @@ def swatch(color: str) -> str:
 
 
 def badge(text: str, kind: str) -> str:
-    """A coloured badge; ``kind`` is ``ok``, ``warn`` or ``bad``."""
+    """A coloured badge; ``kind`` is ``ok``, ``warn``, ``bad`` or ``na`` (neutral grey)."""
     return f'<span class="badge {esc(kind)}">{esc(text)}</span>'
 
 

@@ -21,8 +21,11 @@ import pandas as pd
 from l2s_pipelines.bids_app import html as H
 from l2s_pipelines.bids_app.derivatives import TABLES, atomic_write_text, quote_path
 from l2s_pipelines.errors import InputError
+from l2s_pipelines.metrics import mean_dice
+from l2s_pipelines.workflows.figures import DISAGREEMENT_COLOUR, PLANES, display_colour
 
-PLANES = ("sagittal", "coronal", "axial")
+#: Figures of an image, in report order: the three planes, then prediction against reference.
+FIGURES = (*PLANES, "disagreement")
 
 
 @dataclass
@@ -83,7 +86,7 @@ def collect_images(output_dir, subject: str | None = None) -> list[ImageDerivati
             raise InputError(f"{sidecar_path}: unreadable sidecar ({exc})") from exc
         dice_path = _with(prefix, TABLES["dice"])
         fig_dir = output_dir / f"sub-{parse_entities(prefix.name)['sub']}" / "figures"
-        figures = {p: fig_dir / f"{prefix.name}_desc-{p}_dseg.png" for p in PLANES}
+        figures = {p: fig_dir / f"{prefix.name}_desc-{p}_dseg.png" for p in FIGURES}
         images.append(ImageDerivatives(
             prefix=prefix, entities=parse_entities(prefix.name), sidecar=sidecar,
             volumes=_read_tsv(_with(prefix, TABLES["volumes"])), lut=_read_tsv(_with(prefix, "_dseg.tsv")),
@@ -113,8 +116,32 @@ def _is_true(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
+def _display_colours(img: ImageDerivatives) -> dict[int, str]:
+    """Label value -> colour the figures draw it in (see :func:`display_colour`)."""
+    return {int(i): display_colour(c) for i, c in zip(img.lut["index"], img.lut["color"])}
+
+
+def _legend(img: ImageDerivatives) -> str:
+    """Colour legend of the labels present in the segmentation (hard volume > 0)."""
+    shown = _display_colours(img)
+    lut = img.lut.set_index("index")
+    items = []
+    for rec in img.volumes.itertuples(index=False):
+        if int(rec.index) == 0 or not rec.volume_hard_mm3 > 0:
+            continue
+        abbrev = lut["abbreviation"].get(rec.index) if "abbreviation" in lut else None
+        items.append(f"<li>{H.swatch(shown.get(int(rec.index), '#808080'))}{H.esc(rec.name)}"
+                     + (f" <small>({H.esc(abbrev)})</small>" if isinstance(abbrev, str) else "") + "</li>")
+    changed = sorted({(c, shown[int(i)]) for i, c in zip(lut.index, lut["color"]) if shown[int(i)] != str(c).lower()})
+    note = "".join(f"<p>Drawn in {H.swatch(new)}{H.esc(new)} here: labels whose FreeSurfer colour "
+                   f"{H.swatch(old)}{H.esc(old)} (kept in <code>dseg.tsv</code>) is grey and would vanish on "
+                   "the image.</p>" for old, new in changed)
+    return (f'<div class="legend" role="list" aria-label="label colours"><h3>Legend: {len(items)} labels '
+            f'present</h3><ul>{"".join(items)}</ul>{note}</div>')
+
+
 def _volumes_section(img: ImageDerivatives) -> str:
-    colors = dict(zip(img.lut["index"], img.lut["color"]))
+    colors = _display_colours(img)
     tiv = img.sidecar.get("TotalIntracranialVolume") or {}
     tiv_value = tiv.get("Value")
     rows = []
@@ -122,7 +149,7 @@ def _volumes_section(img: ImageDerivatives) -> str:
         if int(rec.index) == 0:
             continue
         share = 100.0 * rec.volume_hard_mm3 / tiv_value if tiv_value else None
-        rows.append([H.swatch(colors.get(rec.index, "#808080")) + H.esc(rec.name), rec.index,
+        rows.append([H.swatch(colors.get(int(rec.index), "#808080")) + H.esc(rec.name), rec.index,
                      H.fmt(rec.volume_hard_mm3), H.fmt(rec.volume_soft_mm3), H.fmt(share, 2)])
     tiv_line = (f"<p>Total intracranial volume: <strong>{H.fmt(tiv_value)} mm<sup>3</sup></strong>"
                 f" (method: {H.esc(tiv.get('Method') or 'not stated')}).</p>")
@@ -137,14 +164,18 @@ def _dice_section(img: ImageDerivatives) -> str:
     note = ('<div class="callout"><strong>Used to tune the model.</strong> This subject was one of '
             "the labelled real scans of Learn2Synth training: its Dice scores are not held-out "
             "estimates.</div>" if tuned else "")
-    rows = [[r.name, r.index, H.fmt(r.dice, 3), H.fmt(r.volume_pred_mm3), H.fmt(r.volume_ref_mm3),
-             H.fmt(r.volume_diff_pct, 1)] for r in img.dice.itertuples(index=False)]
-    mean = img.dice["dice"].mean(skipna=True)
+    rows = [[r.name, r.index, H.fmt(r.dice, 3) if pd.notna(r.dice) else "absent from both",
+             H.fmt(r.volume_pred_mm3), H.fmt(r.volume_ref_mm3), H.fmt(r.volume_diff_pct, 1)]
+            for r in img.dice.itertuples(index=False) if int(r.index) != 0]
+    records = img.dice.to_dict("records")
+    mean = mean_dice(records)
+    scored = sum(1 for r in records if int(r["index"]) != 0 and pd.notna(r["dice"]))
     ref = img.sidecar.get("Reference")
     return ("<h3>Dice against reference labels " + (H.badge("tuning subject", "warn") if tuned else
             H.badge("held out", "ok")) + "</h3>" + note +
-            f"<p>Reference: <code>{H.esc(ref or 'n/a')}</code>. Mean Dice over labels: "
-            f"<strong>{H.fmt(mean, 3)}</strong>.</p>" + '<div class="scroll">' +
+            f"<p>Reference: <code>{H.esc(ref or 'n/a')}</code>. Mean Dice over the {scored} structures "
+            f"present in prediction or reference (background excluded): <strong>{H.fmt(mean, 3)}</strong>."
+            "</p>" + '<div class="scroll">' +
             H.table(["Label", "Value", "Dice", "Predicted (mm³)", "Reference (mm³)", "Difference (%)"],
                     rows) + "</div>")
 
@@ -170,25 +201,46 @@ def _spaces_section(img: ImageDerivatives) -> str:
 def _qc_section(img: ImageDerivatives) -> str:
     if img.qc.empty:
         return "<h3>QC flags</h3><p>No QC measures recorded.</p>"
-    flagged = [_is_true(v) for v in img.qc["flagged"]]
-    rows = [[r.name, H.fmt(r.value, 3), r.threshold,
-             H.badge("flagged", "bad") if f else H.badge("ok", "ok"), r.description]
-            for r, f in zip(img.qc.itertuples(index=False), flagged)]
-    summary = (f"<p>{sum(flagged)} of {len(flagged)} checks flagged. Flags ask for a visual check;"
-               " they do not exclude the image.</p>")
+    status = [qc_status(r.flagged, r.value) for r in img.qc.itertuples(index=False)]
+    order = sorted(range(len(status)), key=lambda i: _QC_ORDER[status[i]])  # stable: table order kept
+    recs = list(img.qc.itertuples(index=False))
+    rows = [[recs[i].name, H.fmt(recs[i].value, 3), recs[i].threshold, H.badge(*_QC_BADGE[status[i]]),
+             recs[i].description] for i in order]
+    counts = {k: status.count(k) for k in _QC_ORDER}
+    summary = (f"<p>{counts['flagged']} of {len(status)} checks flagged"
+               + (f", {counts['not checked']} not checked (structure absent or too small)"
+                  if counts["not checked"] else "")
+               + ". Flags ask for a visual check; they do not exclude the image.</p>")
     return "<h3>QC flags</h3>" + summary + H.table(
         ["Check", "Value", "Threshold", "Status", "Description"], rows, text_columns=(0, 2, 4),
-        raw_columns=(3,), row_classes=["flagged" if f else "" for f in flagged])
+        raw_columns=(3,), row_classes=["flagged" if status[i] == "flagged" else "" for i in order])
+
+
+_QC_ORDER = {"flagged": 0, "ok": 1, "not checked": 2}
+_QC_BADGE = {"flagged": ("flagged", "bad"), "ok": ("ok", "ok"), "not checked": ("not checked", "na")}
+
+
+def qc_status(flagged, value) -> str:
+    """``"flagged"``, ``"ok"`` or ``"not checked"`` (no value: e.g. the structure is absent)."""
+    if _is_true(flagged):
+        return "flagged"
+    return "ok" if pd.notna(value) else "not checked"
 
 
 def _figures_section(img: ImageDerivatives, output_dir: Path) -> str:
     if not img.figures:
         return "<p>No figures were found for this image.</p>"
-    parts = []
+    parts = [_legend(img)]
     for plane, path in img.figures.items():
         rel = quote_path(path.relative_to(output_dir))
-        parts.append(f'<h3>{plane.capitalize()}</h3><img class="mosaic" src="{rel}" '
-                     f'alt="{H.esc(plane)} slices of {H.esc(img.name)} with label overlay">')
+        if plane == "disagreement":
+            parts.append(f"<h3>Prediction against reference</h3><p>{H.swatch(DISAGREEMENT_COLOUR)}voxels "
+                         "where the prediction differs from the reference; lines: the reference's label "
+                         "boundaries, in the legend's colours. Same slices as above.</p>")
+        else:
+            side = " (x &lt; 0: left hemisphere)" if plane == "sagittal" else ""
+            parts.append(f"<h3>{plane.capitalize()}{side}</h3>")
+        parts.append(f'<img class="mosaic" src="{rel}" alt="{H.esc(plane)} slices of {H.esc(img.name)}">')
     return "".join(parts)
 
 

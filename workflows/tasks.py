@@ -208,7 +208,8 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         res.posteriors = None
     ref = np.asarray(nib.load(reference).dataobj) if reference else None
     vols = write_measures(out, result=res, affine=img.affine, reference_data=ref)["volumes"]
-    plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures")
+    plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures",
+                              reference_path=reference or None)
     timings = {k: float(v) for k, v in dict(res.timings_s).items()}
     info = {
         "source": source, "reference": reference or None, "device": str(res.device),

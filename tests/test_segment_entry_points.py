@@ -1,5 +1,5 @@
-"""Plain-file entry points (issue 11, items 6-8): ``l2s-segment``, the Python API of the README,
-the Pydra task and the nipype interface, whose docs examples are executed here as written."""
+"""Plain-file entry points (issue 11, items 6-7): ``l2s-segment``, the Python API, the Pydra task
+and the nipype interface, whose examples in docs/plain_files.md are executed here as written."""
 
 from __future__ import annotations
 
@@ -147,16 +147,6 @@ def test_a_failure_while_publishing_leaves_no_partial_set(scans, model_dir, tmp_
     torch.set_num_threads(threads)
     assert code == 4
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []
-
-
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    block = code_block(REPO / "README.md", "python-api")
-    assert len([line for line in block.splitlines() if line.strip()]) <= 5
-    monkeypatch.chdir(tmp_path)
-    save_nifti(tmp_path / "sub-01_T1w.nii.gz", blob_volumes(0)[0])
-    exec(compile(block.replace('device="auto"', 'device="cpu"'), "README.md", "exec"), {})
-    dseg = nib.load(tmp_path / "sub-01_dseg.nii.gz")
-    assert dseg.shape == (40, 40, 40) and dseg.get_data_dtype() == np.int16
 
 
 @pytest.mark.parametrize("marker", ["python", "pydra", "nipype"])

@@ -27,7 +27,8 @@ FILE: problem``) and the others go on. ``--volumes`` and ``--qc`` write one CSV 
 segmented by this run.
 
 Exit codes (those of ``l2s-bids``): 0 every image segmented; 2 bad arguments, no input image or
-an unusable model (nothing processed); 3 some images failed; 4 every image failed.
+an unusable model (nothing processed); 3 some images failed (or a ``--volumes``/``--qc`` CSV could
+not be written); 4 every image failed.
 
 Example
 -------
@@ -109,9 +110,26 @@ def collect_inputs(paths) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, bad
 
 
-def output_bases(files: list[Path], output: Path) -> dict[Path, tuple[Path, Path]]:
+def output_bases(files: list[Path], output: Path, folders=()) -> dict[Path, tuple[Path, Path]]:
     """``{input: (dseg path, base)}``; raises InputError when two inputs would write the same
-    names or a file OUTPUT is given for several inputs."""
+    names, a file OUTPUT is given for several inputs, an output would replace an input, or the
+    output folder is one of the input ``folders`` (a rerun would segment the outputs)."""
+    from l2s_pipelines.errors import InputError
+
+    out = _output_bases(files, output)
+    resolved = {f.resolve() for f in files}
+    for dseg, base in out.values():
+        for path in (dseg, _with(base, "_probseg.nii.gz"), _with(base, "_resampled.nii.gz")):
+            if path.resolve() in resolved:
+                raise InputError(f"{path}: is an input and would be overwritten; choose another -o")
+    for folder in folders:
+        if folder.resolve() == output.resolve():
+            raise InputError(f"{output}: is also an input folder; write the outputs to another folder "
+                             "(a rerun would segment them)")
+    return out
+
+
+def _output_bases(files: list[Path], output: Path) -> dict[Path, tuple[Path, Path]]:
     from l2s_pipelines.errors import InputError
 
     if output.name.endswith(NIFTI_EXTENSIONS) and not output.is_dir():
@@ -266,7 +284,7 @@ def main(argv=None) -> int:
     try:
         if not files:
             raise InputError("no input image found (give .nii or .nii.gz files or folders of them)")
-        targets = output_bases(files, ns.output)
+        targets = output_bases(files, ns.output, [p for p in ns.inputs if p.is_dir()])
         mem_mb = parse_mem(ns.mem) or 0
         from l2s_pipelines.workflows.segment_files import load_segmenter
         from l2s_pipelines.workflows.tasks import memory_budget_bytes
@@ -280,13 +298,20 @@ def main(argv=None) -> int:
     failed += len(bad)
     from l2s_pipelines.bids_app.derivatives import atomic_write_text
 
+    csv_failed = False
     for path, rows in ((ns.volumes, vol_rows), (ns.qc, qc_rows)):
         if path is not None and rows:
-            atomic_write_text(path, _csv_text(rows))
+            try:
+                atomic_write_text(path, _csv_text(rows))
+            except OSError as exc:
+                print(f"{PROG}: error: {path}: cannot write the table ({exc.strerror or exc})", file=sys.stderr)
+                csv_failed = True
     total = len(files) + len(bad)
     if failed:
         print(f"{PROG}: {failed} of {total} input(s) failed (see the errors above)", file=sys.stderr)
-    return EXIT_OK if not failed else EXIT_ALL_FAILED if failed == total else EXIT_SOME_FAILED
+    if failed == total:
+        return EXIT_ALL_FAILED
+    return EXIT_SOME_FAILED if failed or csv_failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -121,6 +121,10 @@ def test_exit_codes_and_nothing_written_on_bad_arguments(scans, model_dir, tmp_p
     save_nifti(clash / "a.nii.gz", blob_volumes(5)[0])
     dup = run_segment(scans / "a.nii.gz", clash / "a.nii.gz", "-o", out, "--model", model_dir)
     assert dup.returncode == 2 and "both would write" in dup.stderr
+    same = run_segment(scans / "a.nii.gz", "-o", scans / "a.nii.gz", "--model", model_dir)
+    assert same.returncode == 2 and "would be overwritten" in same.stderr
+    inside = run_segment(scans, "-o", scans, "--model", model_dir)
+    assert inside.returncode == 2 and "also an input folder" in inside.stderr
     bad_model = run_segment(scans / "a.nii.gz", "-o", out, "--model", tmp_path / "no-model")
     assert bad_model.returncode == 2 and "no-model" in bad_model.stderr
     assert not out.exists()

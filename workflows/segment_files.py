@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -127,7 +128,7 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     if resample:
         try:
             img = model_grid_image(img, segmenter.voxel_size)
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
             raise InputError(f"{in_file}: unreadable or truncated NIfTI ({type(exc).__name__})") from exc
         files["resampled"] = out_dir / "resampled.nii.gz"
         nib.save(img, files["resampled"])

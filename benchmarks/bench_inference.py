@@ -6,7 +6,8 @@ Usage::
         [--mode 2d|2.5d|3d] [--threads 1] [--device cpu] [--out benchmarks/results/inference.json]
 
 The network has the default architecture (2D or 3D UNet, widths 16-24-32-48-64, 33 labels) with
-random, UNTRAINED weights: the figures are timings and memory only, never accuracy. Peak memory
+random, UNTRAINED weights (timings and memory only, never accuracy), or is a given package
+(``--model MODEL_DIR``, e.g. the bundled model). Peak memory
 is the process RSS sampled every 20 ms by a thread (psutil), attributed to the stage running
 at that moment; ``peak_rss_mb`` overall is also ``ru_maxrss``.
 """
@@ -87,6 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--synthetic", action="store_true", help="use a synthetic 256^3 volume instead")
     ap.add_argument("--mode", default="2d", choices=["2d", "2.5d", "3d"])
+    ap.add_argument("--model", type=Path, default=None, metavar="MODEL_DIR",
+                    help="time this model package (e.g. the bundled l2s_pipelines/models/default) "
+                         "instead of an untrained network of --mode")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--posteriors", default="none", choices=["none", "float32", "uint8"],
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
     sampler.start()
     stages = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pkg = make_package(Path(tmp) / "pkg", args.mode)
+        pkg = args.model or make_package(Path(tmp) / "pkg", args.mode)
         t0 = time.perf_counter()
         seg = Segmenter.from_package(pkg, device=args.device, threads=args.threads)
         stages["load_model"] = (t0, time.perf_counter())
@@ -121,8 +125,9 @@ def main(argv=None) -> int:
     out = {
         "benchmark": "inference", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "note": "UNTRAINED network with the default architecture (random weights): timings and "
-                "memory only; segmentation quality is meaningless",
+        "note": (f"model package {args.model}" if args.model else
+                 "UNTRAINED network with the default architecture (random weights): timings and "
+                 "memory only; segmentation quality is meaningless"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": psutil.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "device": res.device},
@@ -130,8 +135,10 @@ def main(argv=None) -> int:
                   "shape": list(img.shape), "zooms_mm": [float(z) for z in img.header.get_zooms()[:3]],
                   "orientation": "".join(nib.aff2axcodes(img.affine))},
         "posteriors": args.posteriors,
-        "model": {"mode": args.mode, "architecture": seg.model.config.to_dict(),
-                  "parameters": sum(p.numel() for p in seg.model.parameters()), "trained": False},
+        "model": {"mode": seg.manifest.get("inference", {}).get("mode", args.mode),
+                  "name": seg.manifest.get("name"), "architecture": seg.model.config.to_dict(),
+                  "parameters": sum(p.numel() for p in seg.model.parameters()),
+                  "trained": args.model is not None},
         "stages": {k: {"wall_s": round(b - a, 3), "peak_rss_mb": sampler.peak_mb(a, b)}
                    for k, (a, b) in stages.items()},
         "segment_total_s": round(res.timings_s["total"], 3),

@@ -73,12 +73,12 @@ def volume_heatmap(relative: pd.DataFrame, z: pd.DataFrame, names: list[str], tu
     rows = heatmap_rows(values if use_z else values.fillna(0))
     sampled = len(rows) < n
     data = values.iloc[rows].to_numpy(dtype=float)
-    row_h = 0.16 if len(rows) > 20 else 0.3
-    top_h = 1.1 if sampled else 0.0
-    fig_h = 1.9 + row_h * len(rows) + top_h
+    row_h = 0.16 if len(rows) > 20 else 0.32
+    bottom_h = 0.45 + 0.06 * max(len(str(c)) for c in keep)  # rotated label names, then the scale text
+    heat_h, title_h, top_h = max(row_h * len(rows), 0.9), 0.35, 1.1 if sampled else 0.0
+    fig_h = bottom_h + heat_h + title_h + top_h
     fig = plt.figure(figsize=(11, fig_h), dpi=90)
-    bottom = 1.55 / fig_h
-    heat = fig.add_axes([0.2, bottom, 0.68, (row_h * len(rows)) / fig_h])
+    heat = fig.add_axes([0.2, bottom_h / fig_h, 0.68, heat_h / fig_h])
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#d9d9d9")
     im = heat.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=-limit, vmax=limit,
                      interpolation="nearest")
@@ -88,15 +88,17 @@ def volume_heatmap(relative: pd.DataFrame, z: pd.DataFrame, names: list[str], tu
     heat.set_xticks(range(len(keep)), keep, rotation=90, fontsize=7)
     shown = [names[i] + (" *" if names[i] in tuned else "") for i in rows]
     heat.set_yticks(range(len(rows)), shown, fontsize=7 if len(rows) > 20 else 8)
-    bar = fig.add_axes([0.9, bottom, 0.015, max((row_h * len(rows)) / fig_h, 0.1)])
-    fig.colorbar(im, cax=bar).ax.tick_params(labelsize=7)
+    bar = fig.add_axes([0.9, bottom_h / fig_h, 0.015, heat_h / fig_h])
+    cbar = fig.colorbar(im, cax=bar)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.set_label("robust z" if use_z else "% from mean", fontsize=7)
     title = (f"the {len(rows)} most atypical of {n} images (largest |z|); all in group_volumes.tsv"
              if sampled else f"{n} image(s)")
-    fig.text(0.2, 1 - 0.12 / fig_h, title + ("; * used to tune the model" if tuned else ""), fontsize=9,
-             va="top")
-    fig.text(0.2, 0.05 / fig_h, scale, fontsize=8, va="bottom")
+    fig.text(0.2, (bottom_h + heat_h + 0.08) / fig_h, title + ("; * used to tune the model" if tuned else ""),
+             fontsize=9, va="bottom")
+    fig.text(0.2, 0.08 / fig_h, scale, fontsize=8, va="bottom")
     if sampled:
-        share = fig.add_axes([0.2, (fig_h - top_h - 0.1) / fig_h, 0.68, (top_h - 0.35) / fig_h], sharex=heat)
+        share = fig.add_axes([0.2, (fig_h - top_h + 0.1) / fig_h, 0.68, (top_h - 0.25) / fig_h], sharex=heat)
         beyond = (z.abs() > OUTLIER_Z).sum(axis=0) / max(n, 1) * 100.0
         share.bar(range(len(keep)), beyond.to_numpy(), color="#c62828", width=0.7)
         share.set_ylabel("% |z|>3", fontsize=7)

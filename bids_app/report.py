@@ -125,18 +125,21 @@ def _legend(img: ImageDerivatives) -> str:
     """Colour legend of the labels present in the segmentation (hard volume > 0)."""
     shown = _display_colours(img)
     lut = img.lut.set_index("index")
-    items = []
+    items, changed = [], {}  # changed: (FreeSurfer colour, display colour) -> label names
     for rec in img.volumes.itertuples(index=False):
         if int(rec.index) == 0 or not rec.volume_hard_mm3 > 0:
             continue
+        colour = shown.get(int(rec.index), "#808080")
         abbrev = lut["abbreviation"].get(rec.index) if "abbreviation" in lut else None
-        items.append(f"<li>{H.swatch(shown.get(int(rec.index), '#808080'))}{H.esc(rec.name)}"
+        items.append(f"<li>{H.swatch(colour)}{H.esc(rec.name)}"
                      + (f" <small>({H.esc(abbrev)})</small>" if isinstance(abbrev, str) else "") + "</li>")
-    changed = sorted({(c, shown[int(i)]) for i, c in zip(lut.index, lut["color"]) if shown[int(i)] != str(c).lower()})
-    note = "".join(f"<p>Drawn in {H.swatch(new)}{H.esc(new)} here: labels whose FreeSurfer colour "
-                   f"{H.swatch(old)}{H.esc(old)} (kept in <code>dseg.tsv</code>) is grey and would vanish on "
-                   "the image.</p>" for old, new in changed)
-    return (f'<div class="legend" role="list" aria-label="label colours"><h3>Legend: {len(items)} labels '
+        original = str(lut["color"].get(rec.index, colour)).lower()
+        if colour != original:
+            changed.setdefault((original, colour), []).append(str(rec.name))
+    note = "".join(f"<p>{H.swatch(new)}<strong>{H.esc(', '.join(names))}</strong>: drawn in {H.esc(new)}; their "
+                   f"FreeSurfer colour {H.swatch(old)}{H.esc(old)} (kept in <code>dseg.tsv</code>) would vanish "
+                   "on the grey image.</p>" for (old, new), names in changed.items())
+    return (f'<div class="legend" aria-label="label colours"><h3>Legend: {len(items)} labels '
             f'present</h3><ul>{"".join(items)}</ul>{note}</div>')
 
 

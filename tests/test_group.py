@@ -7,10 +7,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from derivative_fixtures import MANIFEST, make_bids, make_result_dir
 from l2s_pipelines.bids_app import derivatives as D
+from l2s_pipelines.bids_app import group as G
 from l2s_pipelines.bids_app.group import outliers, robust_z, run_group
+from l2s_pipelines.bids_app.group_figures import GROUP_COLOURS, MAX_ROWS, dice_plot, heatmap_rows, volume_heatmap
 
 SUBJECTS = ("01", "02", "03", "04")
 ACCURACY_NOTE = "Model test-tiny carries no measured accuracy on held-out real scans: treat it as unvalidated."
@@ -85,3 +88,54 @@ def test_robust_z_flags_only_the_deviant_image():
 def test_group_without_derivatives_exits_2(tmp_path, capsys):
     assert run_group(tmp_path) == 2
     assert "no finished segmentations" in capsys.readouterr().err
+
+
+def _has_colour(png, colour: str) -> bool:
+    rgb = np.asarray(Image.open(png).convert("RGB"))
+    return bool((rgb == [int(colour[i:i + 2], 16) for i in (1, 3, 5)]).all(axis=2).any())
+
+
+def _synthetic_group(n: int, n_tuned: int, seed: int = 0):
+    """Wide tables as build_group makes them, for ``n`` images (no derivatives on disk)."""
+    rng = np.random.default_rng(seed)
+    labels = [f"Left-Structure-{i:02d}" for i in range(32)]
+    ids = pd.DataFrame({"image": [f"sub-{i:04d}" for i in range(n)],
+                        "participant_id": [f"sub-{i:04d}" for i in range(n)], "session_id": "n/a"})
+    hard = pd.concat([ids, pd.DataFrame({"tiv_mm3": 1.5e6, "tiv_method": "1"}, index=ids.index),
+                      pd.DataFrame(rng.normal(1e4, 500, (n, 32)), columns=labels)], axis=1)
+    dice = pd.concat([ids, pd.DataFrame({"used_for_tuning": np.arange(n) < n_tuned}),
+                      pd.DataFrame(rng.uniform(0.6, 0.95, (n, 32)), columns=labels)], axis=1)
+    dice.insert(4, "mean_dice", dice[labels].mean(axis=1))
+    qc = ids.assign(n_flagged=(np.arange(n) % 97 == 0).astype(int))
+    return hard, dice, qc, labels
+
+
+@pytest.mark.parametrize("n", [2, 2000])
+def test_group_report_readable_for_2_and_2000_images(tmp_path, n):
+    hard, dice, qc, labels = _synthetic_group(n, n_tuned=min(n - 1, 22))
+    if n > 3:
+        hard.loc[[7, 1500], labels[3]] = 3e4  # planted outliers
+    relative = hard[labels].div(hard["tiv_mm3"], axis=0) * 100
+    z = robust_z(relative)
+    figures = {"volumes": volume_heatmap(relative, z, hard["image"].tolist(), {"sub-0000"},
+                                         tmp_path / "figures" / "group_volumes.png"),
+               "dice": dice_plot(dice, labels, tmp_path / "figures" / "group_dice.png")}
+    width, height = Image.open(figures["volumes"]).size
+    assert width < 1100 and 200 < height < 1300  # bounded whatever the number of images
+    rows = heatmap_rows(z)
+    assert len(rows) == min(n, MAX_ROWS)
+    if n > MAX_ROWS:
+        assert set(rows[:2]) == {7, 1500}  # the most atypical images are the ones shown first
+    # held-out and tuning images are drawn apart, in their own colours
+    assert all(_has_colour(figures["dice"], c) for c in GROUP_COLOURS.values())
+    held_out_only = dice_plot(dice[~dice["used_for_tuning"]], labels, tmp_path / "held_out.png")
+    assert not _has_colour(held_out_only, GROUP_COLOURS["used for tuning"])
+    found = outliers(hard)
+    text = G._group_html(tmp_path, hard, dice, qc, found, figures)
+    assert len(text) < 2_000_000 and text.count('<div class="scroll">') >= 2
+    held = dice.loc[~dice["used_for_tuning"], "mean_dice"]
+    assert f"<td class=\"txt\">held out</td><td>{len(held)}</td><td>{held.mean():.3f}</td>" in text
+    if n > 20:
+        assert "and 2 more" in text  # 22 tuning images: the callout names 20 and counts the rest
+        first = re.search(r'<tbody><tr><td class="txt"><a href="(sub-\d+)\.html', text).group(1)
+        assert first in set(found["participant_id"]) | set(qc.loc[qc["n_flagged"] > 0, "participant_id"])

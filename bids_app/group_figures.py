@@ -74,7 +74,7 @@ def volume_heatmap(relative: pd.DataFrame, z: pd.DataFrame, names: list[str], tu
     sampled = len(rows) < n
     data = values.iloc[rows].to_numpy(dtype=float)
     row_h = 0.16 if len(rows) > 20 else 0.32
-    bottom_h = 0.45 + 0.06 * max(len(str(c)) for c in keep)  # rotated label names, then the scale text
+    bottom_h = 0.6 + 0.05 * max(len(str(c)) for c in keep)  # rotated label names, then the scale text
     heat_h, title_h, top_h = max(row_h * len(rows), 0.9), 0.35, 1.1 if sampled else 0.0
     fig_h = bottom_h + heat_h + title_h + top_h
     fig = plt.figure(figsize=(11, fig_h), dpi=90)
@@ -139,7 +139,7 @@ def dice_plot(dice: pd.DataFrame, labels: list[str], path) -> Path | None:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Dice", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -29,7 +29,7 @@ tr.flagged td{background:#fff1e6}
 .swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #777;margin-right:.4em;
  vertical-align:middle}
 .mosaic{max-width:100%;height:auto;display:block;margin:.3rem 0 .8rem;background:#000}
-.badge{display:inline-block;padding:.1rem .5rem;border-radius:3px;font-size:.8rem;font-weight:600}
+.badge{display:inline-block;white-space:nowrap;padding:.1rem .5rem;border-radius:3px;font-size:.8rem;font-weight:600}
 .ok{background:#dff3e3;color:#1b5e20}.warn{background:#ffe0b2;color:#8a4b00}
 .bad{background:#ffd6d6;color:#8e0000}
 .na{background:#eceff1;color:#546e7a}

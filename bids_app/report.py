@@ -211,7 +211,7 @@ def _qc_section(img: ImageDerivatives) -> str:
              recs[i].description] for i in order]
     counts = {k: status.count(k) for k in _QC_ORDER}
     summary = (f"<p>{counts['flagged']} of {len(status)} checks flagged"
-               + (f", {counts['not checked']} not checked (structure absent or too small)"
+               + (f", {counts['not checked']} not checked (no value: e.g. a structure absent or too small)"
                   if counts["not checked"] else "")
                + ". Flags ask for a visual check; they do not exclude the image.</p>")
     return "<h3>QC flags</h3>" + summary + H.table(

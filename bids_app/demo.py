@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from l2s_pipelines import __version__
+from l2s_pipelines.bids_app.cli import EXIT_BAD_INPUT
 
 TEMPLATE_NAME = "ICBM 2009a nonlinear symmetric T1 template as shipped with nilearn"
 
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.n_subjects < 1:
         print("l2s-demo: error: --n-subjects must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     out = args.output.absolute()
     rawdata = build_demo_dataset(out / "rawdata", n_subjects=args.n_subjects, seed=args.seed)
     derivatives = out / "derivatives" / "l2s-pipelines"

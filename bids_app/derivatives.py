@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -34,7 +33,8 @@ from l2s_pipelines.bids_app.entities import entity_order
 from l2s_pipelines.bids_app.locks import locked
 from l2s_pipelines.bids_app.provenance import code_url, detect_container, software_versions
 from l2s_pipelines.errors import InputError
-from l2s_pipelines.workflows.figures import label_entries
+from l2s_pipelines.labels import LabelTable
+from l2s_pipelines.system import TMP_MARK, atomic_write_text, temp_path, write_json  # noqa: F401 (re-exported)
 
 PIPELINE_NAME = "l2s-pipelines"
 BIDS_VERSION = "1.10.0"
@@ -43,35 +43,14 @@ TABLES = {"volumes": "_desc-volumes_morph.tsv", "dice": "_desc-dice_stats.tsv",
           "qc": "_desc-qc_stats.tsv"}
 BIDSIGNORE = ("*_morph.tsv", "*_stats.tsv", "*_morph.json", "*_stats.json", "*.html", "figures/", "**/figures", "logs/",
               "group_*", "run_summary*", "*.lock", "*_xfm.txt")
-_TMP_MARK = ".l2s-tmp-"
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _temp_path(dest: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}{_TMP_MARK}", dir=dest.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write_text(dest, text: str) -> Path:
-    """Write ``text`` to ``dest`` through a temporary file in the same folder and ``os.replace``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dest)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
 def atomic_copy(src, dest, *, move: bool = False) -> Path:
     """Copy (or move) ``src`` to ``dest`` atomically; the folder of ``dest`` is created."""
     src, dest = Path(src), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dest)
+    tmp = temp_path(dest)
     try:
         if move:
             shutil.move(str(src), tmp)
@@ -84,15 +63,10 @@ def atomic_copy(src, dest, *, move: bool = False) -> Path:
     return dest
 
 
-def write_json(dest, obj) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    return atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def clean_stale_temporaries(output_dir) -> list[Path]:
     """Remove temporary files left by killed writers anywhere under ``output_dir``."""
     removed = []
-    for path in Path(output_dir).rglob(f"*{_TMP_MARK}*"):
+    for path in Path(output_dir).rglob(f"*{TMP_MARK}*"):
         if path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
@@ -308,7 +282,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     if save_probseg:
         if not probseg.is_file():
             raise InputError(f"{probseg}: --save-probseg asked for posteriors the task did not write")
-        entries = label_entries(info["labels"])
+        entries = LabelTable.from_dict(info["labels"]).entries()
         written["probseg"] = atomic_copy(probseg, _with(prefix, "_probseg.nii.gz"), move=move)
         written["probseg_json"] = write_json(_with(prefix, "_probseg.json"), {
             **common, "Description": "Posterior probability of each label (4th axis).",

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from l2s_pipelines.bids_app import html as H
+from l2s_pipelines.bids_app.cli import EXIT_BAD_INPUT, EXIT_OK
 from l2s_pipelines.bids_app.derivatives import atomic_write_text, write_bidsignore
 from l2s_pipelines.bids_app.group_figures import OUTLIER_Z, dice_plot, volume_heatmap
 from l2s_pipelines.bids_app.report import ImageDerivatives, collect_images, write_subject_report
@@ -39,7 +40,6 @@ from l2s_pipelines.errors import InputError
 from l2s_pipelines.metrics import mean_dice
 
 LOGGER = logging.getLogger("l2s_pipelines.group")
-EXIT_BAD_INPUT = 2
 _IDS = {"image": "Image: the output name prefix of its segmentation (sub-X[_ses-Y]...).",
         "participant_id": "Participant.", "session_id": "Session (n/a: none)."}
 DICTIONARIES = {
@@ -280,4 +280,4 @@ def run_group(output_dir, options=None) -> int:
         print(f"l2s-bids group: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     LOGGER.info("group report: %s", written["html"])
-    return 0
+    return EXIT_OK

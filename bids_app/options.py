@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from l2s_pipelines.errors import InputError
+from l2s_pipelines.system import cpu_allocation as available_cpus  # noqa: F401 (CLI name)
 
 INPUT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
 PLUGINS = ("cf", "debug", "slurm", "sge", "dask")
@@ -94,17 +95,6 @@ def resolve_threads(cpus: int, nthreads: int | None = None, omp_nthreads: int | 
                          f"{parallel_images * omp_nthreads} threads exceed --nthreads {n} (the most "
                          "threads of the whole run)")
     return n, omp_nthreads, parallel_images
-
-
-def available_cpus() -> int:
-    """CPUs of this job's allocation: ``SLURM_CPUS_PER_TASK`` if set, else the affinity mask."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def parse_mem(text: str | None) -> int | None:

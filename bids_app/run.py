@@ -200,15 +200,16 @@ def _subject_reports(board: Board, opts) -> None:
 
 
 def _image_tasks(images, model_dir: Path, manifest: dict, opts, resolution: int = 1) -> dict:
-    from l2s_pipelines.workflows.participant import init_single_image_wf
+    from l2s_pipelines.workflows.participant import ImageOptions, init_single_image_wf
 
-    tuned = set(manifest.get("training", {}).get("tune_subjects", []) or [])
-    return {i: init_single_image_wf(
-        source=im.path, reference=im.reference, model_dir=str(model_dir), model_name=manifest.get("name", ""),
-        model_sha256=manifest["weights"]["sha256"], device=opts.device, save_probseg=opts.save_probseg,
+    options = ImageOptions.from_manifest(
+        model_dir=model_dir, manifest=manifest, device=opts.device, save_probseg=opts.save_probseg,
         seed=opts.random_seed, nthreads=opts.omp_nthreads, mem_mb=opts.job_mem_mb,
-        output_spaces=list(opts.output_spaces), suffix=opts.input_suffix, resolution=resolution,
-        used_for_tuning=f"sub-{im.subject}" in tuned or im.subject in tuned) for i, im in enumerate(images)}
+        output_spaces=opts.output_spaces, suffix=opts.input_suffix, resolution=resolution)
+    tuned = set(manifest.get("training", {}).get("tune_subjects", []) or [])
+    return {i: init_single_image_wf(source=im.path, reference=im.reference, options=options,
+                                    used_for_tuning=f"sub-{im.subject}" in tuned or im.subject in tuned)
+            for i, im in enumerate(images)}
 
 
 def template_resolution(spaces, preferred=(1, 2)) -> int:

@@ -86,19 +86,17 @@ def qc_frame(qc: dict):
 
 def lookup_table_tsv(dseg_path, labels) -> tuple[str, list[dict]]:
     """dseg.tsv text (BIDS look-up table: index, name, abbreviation, color) for exactly the label
-    values present in the image ``dseg_path``, in table order, and those label entries."""
+    values present in the image ``dseg_path``, in table order (:meth:`LabelTable.tsv_text
+    <l2s_pipelines.labels.LabelTable.tsv_text>`), and those label entries."""
     import nibabel as nib
     import numpy as np
 
     from l2s_pipelines.errors import InputError
-    from l2s_pipelines.workflows.figures import label_entries
+    from l2s_pipelines.labels import LabelTable
 
     present = set(np.unique(np.asarray(nib.load(str(dseg_path)).dataobj)).astype(int).tolist())
-    entries = label_entries(labels)
-    unknown = present - {e["value"] for e in entries}
+    table = LabelTable.from_dict(labels)
+    unknown = present - set(table.values)
     if unknown:
         raise InputError(f"{dseg_path}: label values {sorted(unknown)} are not in the label table")
-    rows = [e for e in entries if e["value"] in present]
-    lines = ["index\tname\tabbreviation\tcolor"]
-    lines += [f"{e['value']}\t{e['name']}\t{e['abbreviation']}\t{e['color']}" for e in rows]
-    return "\n".join(lines) + "\n", rows
+    return table.tsv_text(values=present), [e for e in table.entries() if e["value"] in present]

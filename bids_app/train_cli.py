@@ -34,12 +34,13 @@ import sys
 from pathlib import Path
 
 from l2s_pipelines.errors import InputError, ModelError
+from l2s_pipelines.planes import PLANES
+from l2s_pipelines.system import write_json
 
 LOG = logging.getLogger("l2s_pipelines.train_cli")
 METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "mixed", "finetune", "supervised")
 #: Methods that need labelled real scans (--tune-participant-label).
 NEEDS_REAL = frozenset(METHODS) - {"synthseg"}
-PLANES = ("axial", "coronal", "sagittal")
 NIFTI_EXT = (".nii", ".nii.gz")
 
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
              "subjects); never put the scored subjects here unless you mean it")
     add("--method", choices=METHODS, default="l2s-parametric")
     add("--ndim", type=int, choices=(2, 3), default=2)
-    add("--plane", nargs="+", choices=PLANES + ("all",), default=["axial"],
+    add("--plane", nargs="+", choices=(*sorted(PLANES), "all"), default=["axial"],
         help="2D slicing plane(s); several planes (or 'all' = the three) train one network on "
              "slices of each and fuse them at inference (2.5D). Sagittal slices hold no "
              "left-right cue: the left-right flip augmentation is then switched off")
@@ -240,7 +241,7 @@ def build_spec(args, argv: list[str]) -> dict:
     ``generation_labels``, ``real_train``/``real_val`` (see :func:`collect_real_pairs`),
     ``out_dir`` (the trainer's run folder), ``model_dir`` and ``command``.
     """
-    planes = list(PLANES) if "all" in args.plane else list(dict.fromkeys(args.plane))
+    planes = sorted(PLANES) if "all" in args.plane else list(dict.fromkeys(args.plane))
     if args.ndim == 3 and planes != ["axial"]:
         raise InputError(f"--plane {' '.join(args.plane)}: planes apply to 2D training only (--ndim 2)")
     maps, gen = collect_label_maps(args.label_maps, args.generation_labels)
@@ -287,9 +288,7 @@ def build_spec(args, argv: list[str]) -> dict:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 def cumulative_wall_time(records: list[dict]) -> float | None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from l2s_pipelines.system import atomic_write_text
+
 AUG_PREFIXES = ("aug", "theta")
 EXAMPLE_ROWS = ("synthetic", "augmented", "real")
 
@@ -188,8 +190,4 @@ def write_training_report(model_dir: str | os.PathLike, metrics_path: str | os.P
              "th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;font-size:13px}img{max-width:100%}")
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
-    out = model_dir / "training_report.html"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(model_dir / "training_report.html", doc)

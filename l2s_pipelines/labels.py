@@ -10,6 +10,7 @@ possibly with extra "generation" labels) are mapped to channel indices with
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -118,21 +119,35 @@ class LabelTable:
         except ValueError as e:
             raise InputError(f"{path}: invalid label table ({e})") from e
 
-    def to_tsv(self, path, *, full: bool = False) -> Path:
-        """Write a BIDS ``dseg.tsv`` (columns index, name, abbreviation, color).
+    def tsv_text(self, *, full: bool = False, values=None) -> str:
+        """The text of a BIDS ``dseg.tsv`` (columns index, name, abbreviation, color), in table
+        order; ``values``: only the labels with these values (e.g. those present in an image).
 
-        With ``full=True`` also write lr_partner and tissue (the package's own table format).
+        With ``full=True`` also lr_partner and tissue (the package's own table format).
         """
-        path = Path(path)
         cols = _COLUMNS if full else _COLUMNS[:4]
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(cols)
-            for i in range(len(self)):
+        keep = None if values is None else {int(v) for v in values}
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+        w.writerow(cols)
+        for i in range(len(self)):
+            if keep is None or self.values[i] in keep:
                 row = [self.values[i], self.names[i], self.abbreviations[i], self.colors[i],
                        self.lr_partner[i], self.tissue[i]]
                 w.writerow(row[: len(cols)])
+        return buf.getvalue()
+
+    def to_tsv(self, path, *, full: bool = False, values=None) -> Path:
+        """Write :meth:`tsv_text` to ``path`` (see there for ``full`` and ``values``)."""
+        path = Path(path)
+        path.write_text(self.tsv_text(full=full, values=values), encoding="utf-8", newline="")
         return path
+
+    def entries(self) -> list[dict]:
+        """One ``{"value", "name", "abbreviation", "color"}`` dict per label, in table order
+        (the rows of ``dseg.tsv``)."""
+        return [{"value": v, "name": n, "abbreviation": a, "color": c}
+                for v, n, a, c in zip(self.values, self.names, self.abbreviations, self.colors)]
 
     def to_dict(self) -> dict:
         """JSON-able form: ``{"labels": [{index, name, abbreviation, color, lr_partner, tissue}],

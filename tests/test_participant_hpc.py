@@ -65,12 +65,13 @@ def test_cluster_plugin_with_standin_scheduler(bids_dir, model_dir, tmp_path, mo
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["status"] for r in read_summary(out)] == ["ok"]
     assert (out / "sub-01" / "anat" / "sub-01_dseg.json").is_file()
-    # every node (check, segment) went through the scheduler with the user's resource request, and ran
+    # every node (check, segment, measures, figures, result) went through the scheduler with the
+    # user's resource request, and ran (SGE may submit measures and figures, ready together, as one array)
     submissions = sorted(state.glob("*.args"))
-    assert len(submissions) == 2
+    assert len(submissions) == 5 if plugin == "slurm" else 4 <= len(submissions) <= 5
     request = resources[0].split("=", 1)[1]
     assert all(request in a.read_text() for a in submissions)
-    assert [(state / f"{a.name.split('.')[0]}.rc").read_text().strip() for a in submissions] == ["0", "0"]
+    assert {(state / f"{a.name.split('.')[0]}.rc").read_text().strip() for a in submissions} == {"0"}
 
 
 def test_unknown_plugin_args_exit_2_before_writing(bids_dir, model_dir, tmp_path):

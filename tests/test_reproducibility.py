@@ -23,7 +23,7 @@ def _run(bids_dir, model_dir, root: Path, monkeypatch) -> Path:
     monkeypatch.setenv("L2S_CONTAINER_DIGEST", CONTAINER["Tag"])
     out = root / "out"
     proc = run_cli(bids_dir, out, "participant", "--model", model_dir, "-w", root / "work",
-                   "--participant-label", "01", "--nprocs", "1", "--omp-nthreads", "2",
+                   "--participant-label", "01", "--nprocs", "2", "--omp-nthreads", "2",
                    "--random-seed", "7", "--save-probseg", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["status"] for r in read_summary(out)] == ["ok"]
@@ -40,6 +40,7 @@ def test_same_seed_gives_bit_identical_outputs_and_provenance(bids_dir, model_di
     import torch
 
     from l2s_pipelines import __version__
+    from l2s_pipelines.bids_app.provenance import code_url
     from l2s_pipelines.io.checkpoint import read_manifest
 
     first = _run(bids_dir, model_dir, tmp_path / "a", monkeypatch)
@@ -56,7 +57,8 @@ def test_same_seed_gives_bit_identical_outputs_and_provenance(bids_dir, model_di
     sha = read_manifest(model_dir)["weights"]["sha256"]
     side = sides[0]
     assert side["RandomSeed"] == 7 and side["Device"] == "cpu" and side["Model"]["SHA256"] == sha
-    assert side["GeneratedBy"] == [{"Name": "l2s-pipelines", "Version": __version__, "Container": CONTAINER}]
+    assert side["GeneratedBy"] == [{"Name": "l2s-pipelines", "Version": __version__, "CodeURL": code_url(),
+                                    "Container": CONTAINER}]
     assert side["L2SVersions"]["torch"] == torch.__version__
     assert side["L2SVersions"]["l2s_pipelines"] == __version__
     desc = json.loads((first.parents[1] / "dataset_description.json").read_text())

@@ -11,7 +11,7 @@ nothing is resampled (coordinates of oblique images are those of the nearest RAS
 
 Example
 -------
->>> labels = {"values": [0, 2], "names": ["background", "wm"], "colors": ["#000000", "#f5f5f5"]}
+>>> labels = LabelTable.default().to_dict()
 >>> plot_segmentation_mosaics("sub-01_T1w.nii.gz", "dseg.nii.gz", labels, "figures")  # doctest: +SKIP
 ['figures/mosaic_sagittal.png', 'figures/mosaic_coronal.png', 'figures/mosaic_axial.png']
 """
@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from l2s_pipelines.errors import InputError  # noqa: E402
-from l2s_pipelines.labels import DEFAULT_SOURCE_MAP, IGNORE_VALUE  # noqa: E402
+from l2s_pipelines.labels import DEFAULT_SOURCE_MAP, IGNORE_VALUE, LabelTable  # noqa: E402
+from l2s_pipelines.planes import PLANE_AXIS as _PLANE_AXIS  # noqa: E402
+from l2s_pipelines.planes import PLANES  # noqa: E402
 
-PLANES = ("sagittal", "coronal", "axial")
-#: RAS axis sliced through for each plane, and nilearn's display mode for it.
-_PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+#: nilearn's display mode for each plane (RAS axis sliced through: ``_PLANE_AXIS``).
 _DISPLAY_MODE = {"sagittal": "x", "coronal": "y", "axial": "z"}
 #: Display colour of light, nearly grey labels (cerebral white matter is ``#f5f5f5`` in FreeSurfer).
 WHITE_MATTER_DISPLAY = "#4aa8ff"
@@ -48,39 +48,10 @@ _DPI = 100
 
 
 def label_entries(labels) -> list[dict]:
-    """Normalise a label table description to ``[{"value", "name", "abbreviation", "color"}]``.
-
-    Accepts ``LabelTable.to_dict()`` output in either of its plausible shapes: a mapping of
-    parallel lists (``values``/``names``/``colors``[/``abbreviations``]), a mapping with a
-    ``labels`` list, or a list of rows (``index`` or ``value``, ``name``, ``color``).
-    """
-    if isinstance(labels, dict) and "labels" in labels and not isinstance(labels.get("values"), list):
-        labels = labels["labels"]
-    if isinstance(labels, dict):
-        values = labels.get("values", labels.get("index"))
-        if values is None:
-            raise InputError(f"label table: no 'values' in keys {sorted(labels)}")
-        n = len(values)
-        names = labels.get("names") or [str(v) for v in values]
-        colors = labels.get("colors") or ["#808080"] * n
-        abbrevs = labels.get("abbreviations") or labels.get("abbreviation") or [None] * n
-        rows = [
-            {"value": values[i], "name": names[i], "abbreviation": abbrevs[i], "color": colors[i]}
-            for i in range(n)
-        ]
-    else:
-        rows = []
-        for row in labels:
-            value = row.get("value", row.get("index"))
-            rows.append({"value": value, "name": row.get("name", str(value)),
-                         "abbreviation": row.get("abbreviation"), "color": row.get("color", "#808080")})
-    out = []
-    for row in rows:
-        name = str(row["name"])
-        abbrev = row["abbreviation"] or "".join(w[0] for w in name.replace("_", "-").split("-") if w).upper()
-        out.append({"value": int(row["value"]), "name": name, "abbreviation": str(abbrev),
-                    "color": str(row["color"]).lower()})
-    return out
+    """``[{"value", "name", "abbreviation", "color"}]`` of a label table given as
+    ``LabelTable.to_dict()`` or a manifest's list of labels (:meth:`LabelTable.from_dict`,
+    :meth:`LabelTable.entries`)."""
+    return LabelTable.from_dict(labels).entries()
 
 
 def _hex_to_rgb(color: str) -> tuple[float, float, float]:

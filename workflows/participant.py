@@ -1,17 +1,20 @@
 """Participant-level Pydra workflows, built by keyword-only factory functions.
 
-``init_single_image_wf`` checks one image (and its reference), then segments it into a result
-folder (see :mod:`l2s_pipelines.workflows.tasks`) and, with ``output_spaces``, maps that
-result to TemplateFlow templates (:mod:`l2s_pipelines.workflows.templates`). ``init_participant_wf`` holds one such
+``init_single_image_wf`` checks one image (and its reference), segments it, then measures and
+plots the segmentation and writes its result folder (small tasks, see
+:mod:`l2s_pipelines.workflows.tasks` and :mod:`l2s_pipelines.workflows.result_tasks`: a change to
+the figures reruns the figures only) and, with ``output_spaces``, maps that result to TemplateFlow
+templates (:mod:`l2s_pipelines.workflows.templates`). ``init_participant_wf`` holds one such
 sub-workflow per image, as independent nodes: the ``cf`` worker runs them in parallel and one
 failing image does not stop the others. Each image's workflow carries its source path as a
-string, so byte-identical files of two subjects never collapse into one cached job.
+string, so byte-identical files of two subjects never collapse into one cached job. The options
+shared by all images travel as one :class:`ImageOptions`.
 
-Example (runnable; needs a model package and a 3D NIfTI)
+Example (building runs anywhere; running needs a model package and a 3D NIfTI)
 -------
 >>> from l2s_pipelines.workflows.execution import make_submitter
->>> wf = init_single_image_wf(source="sub-01_T1w.nii.gz", model_dir="model",
-...                           model_name="m", model_sha256="0" * 64)  # doctest: +SKIP
+>>> opts = ImageOptions.from_manifest(model_dir="model", manifest={"name": "m", "weights": {"sha256": "0" * 64}})
+>>> wf = init_single_image_wf(source="sub-01_T1w.nii.gz", options=opts)
 >>> with make_submitter("debug", work_dir="work") as sub:  # doctest: +SKIP
 ...     res = sub(wf)
 >>> sorted(p.name for p in res.outputs.out_dir.fspath.iterdir())  # doctest: +SKIP
@@ -21,11 +24,13 @@ Example (runnable; needs a model package and a 3D NIfTI)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from fileformats.generic import Directory
 from pydra.compose import workflow
 
+from l2s_pipelines.workflows.result_tasks import MeasureSegmentation, PlotSegmentation, WriteResult
 from l2s_pipelines.workflows.tasks import CheckImage, SegmentImage
 from l2s_pipelines.workflows.templates import template_spaces_task
 
@@ -53,72 +58,128 @@ def input_fingerprint(*paths: str) -> str:
     return "|".join(parts)
 
 
-@workflow.define(outputs=["out_dir", "spaces_dir"])
-def SingleImageWf(source: str, reference: str, model_dir: str, model_name: str, model_sha256: str,
-                  device: str, save_probseg: bool, seed: int, nthreads: int, used_for_tuning: bool,
-                  fingerprint: str, mem_mb: int = 0, output_spaces: list = [],  # noqa: B006
-                  suffix: str = "T1w", resolution: int = 1) -> tuple[Directory, Directory | None]:
-    """Check, segment, then (with ``output_spaces``) map to the templates.
-
-    Outputs: the result folder, and the ``spaces/`` folder (one ``<template_id>/`` each, see
-    :func:`l2s_pipelines.workflows.templates.template_spaces_task`) or None without spaces.
-    """
-    check = workflow.add(CheckImage(source=source, reference=reference, model_dir=model_dir,
-                                    fingerprint=fingerprint, mem_mb=mem_mb, nthreads=nthreads), name="check")
-    seg = workflow.add(SegmentImage(source=check.source, reference=check.reference, model_dir=model_dir,
-                                    model_name=model_name, model_sha256=model_sha256, device=device,
-                                    save_probseg=save_probseg, seed=seed, nthreads=nthreads,
-                                    used_for_tuning=used_for_tuning, warnings=check.warnings,
-                                    mem_mb=mem_mb),
-                       name="segment")
-    if not output_spaces:
-        return seg.out_dir, None
-    spaces = workflow.add(template_spaces_task(result_dir=seg.out_dir, template_ids=list(output_spaces),
-                                               resolution=resolution, suffix=suffix, nthreads=nthreads),
-                          name="spaces")
-    return seg.out_dir, spaces.out_dir
-
-
-def init_single_image_wf(*, source: str, model_dir: str, model_name: str, model_sha256: str,
-                         reference: str = "", device: str = "auto", save_probseg: bool = False,
-                         seed: int = 0, nthreads: int = 1, used_for_tuning: bool = False,
-                         mem_mb: int = 0, output_spaces=(), suffix: str = "T1w", resolution: int = 1):
-    """The workflow task of one image (all inputs plain values; paths as absolute strings).
+@dataclass(frozen=True)
+class ImageOptions:
+    """Options shared by every image of a participant run: plain values that Pydra hashes
+    (a changed option reruns only the tasks that take it).
 
     Parameters
     ----------
-    source : str
-        Input image (3D NIfTI).
     model_dir, model_name, model_sha256 : str
-        Model package folder, its name and weights sha256 (the latter two from its manifest).
-    reference : str
-        Reference label map on the image's grid for Dice, or ``""``.
+        Model package folder (absolute), its name and weights sha256 (from its manifest).
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     save_probseg : bool
         Also write the 4D posteriors.
     seed, nthreads : int
         torch seed and intra-op threads of the segmentation (and registration) task.
-    used_for_tuning : bool
-        The subject was a labelled real scan when the model was trained (flagged in outputs).
     mem_mb : int
-        Memory budget of the segmentation in MiB (0: automatic).
-    output_spaces : sequence of str
+        Memory budget of one image's segmentation in MiB (0: automatic).
+    output_spaces : tuple of str
         TemplateFlow template ids to map the segmentation to (files must be present locally).
     suffix : str
         Input suffix (``T1w``...), names the transform ``from-<suffix>_to-<id>``.
     resolution : int
         TemplateFlow ``res-`` index of the template files.
+    figure_slices : int or None
+        Slices per plane of the report figures (None: the figures' default).
+    """
+
+    model_dir: str
+    model_name: str = ""
+    model_sha256: str = ""
+    device: str = "auto"
+    save_probseg: bool = False
+    seed: int = 0
+    nthreads: int = 1
+    mem_mb: int = 0
+    output_spaces: tuple = ()
+    suffix: str = "T1w"
+    resolution: int = 1
+    figure_slices: int | None = None
+
+    def __post_init__(self):
+        norm = {"model_dir": str(Path(self.model_dir).absolute()), "save_probseg": bool(self.save_probseg),
+                "seed": int(self.seed), "nthreads": max(1, int(self.nthreads)), "mem_mb": max(0, int(self.mem_mb)),
+                "output_spaces": tuple(str(t) for t in self.output_spaces), "suffix": str(self.suffix),
+                "resolution": int(self.resolution)}
+        for name, value in norm.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_manifest(cls, *, model_dir, manifest: dict, **options) -> "ImageOptions":
+        """Options for the model package ``model_dir`` whose manifest is ``manifest`` (name and
+        weights sha256 taken from it); ``options``: the other fields.
+
+        >>> opts = ImageOptions.from_manifest(model_dir="/models/m", nthreads=2,
+        ...                                   manifest={"name": "m", "weights": {"sha256": "ab12"}})
+        >>> opts.model_name, opts.model_sha256, opts.nthreads, opts.device
+        ('m', 'ab12', 2, 'auto')
+        """
+        return cls(model_dir=str(model_dir), model_name=manifest.get("name", ""),
+                   model_sha256=manifest["weights"]["sha256"], **options)
+
+
+@workflow.define(outputs=["out_dir", "spaces_dir"])
+def SingleImageWf(source: str, reference: str, options: ImageOptions, used_for_tuning: bool,
+                  fingerprint: str) -> tuple[Directory, Directory | None]:
+    """Check, segment, measure, plot, write the result folder, then (with
+    ``options.output_spaces``) map to the templates.
+
+    Outputs: the result folder, and the ``spaces/`` folder (one ``<template_id>/`` each, see
+    :func:`l2s_pipelines.workflows.templates.template_spaces_task`) or None without spaces.
+    """
+    o = options
+    check = workflow.add(CheckImage(source=source, reference=reference, model_dir=o.model_dir,
+                                    fingerprint=fingerprint, mem_mb=o.mem_mb, nthreads=o.nthreads), name="check")
+    seg = workflow.add(SegmentImage(source=check.source, model_dir=o.model_dir, model_sha256=o.model_sha256,
+                                    device=o.device, save_probseg=o.save_probseg, seed=o.seed, nthreads=o.nthreads,
+                                    fingerprint=fingerprint.split("|", 1)[0],  # the image's part only
+                                    mem_mb=o.mem_mb), name="segment")
+    measures = workflow.add(MeasureSegmentation(source=source, seg_dir=seg.seg_dir, reference=check.reference,
+                                                fingerprint=fingerprint), name="measures")
+    figures = workflow.add(PlotSegmentation(source=source, seg_dir=seg.seg_dir, reference=check.reference,
+                                            n_slices=o.figure_slices, fingerprint=fingerprint), name="figures")
+    result = workflow.add(WriteResult(
+        source=source, reference=check.reference, seg_dir=seg.seg_dir, measures_dir=measures.out_dir,
+        figures_dir=figures.out_dir, model_name=o.model_name, model_sha256=o.model_sha256, seed=o.seed,
+        used_for_tuning=used_for_tuning, warnings=check.warnings,
+        measures_s=measures.runtime_s, figures_s=figures.runtime_s, measures_peak_mb=measures.peak_memory_mb,
+        figures_peak_mb=figures.peak_memory_mb), name="result")
+    if not o.output_spaces:
+        return result.out_dir, None
+    spaces = workflow.add(template_spaces_task(result_dir=result.out_dir, template_ids=list(o.output_spaces),
+                                               resolution=o.resolution, suffix=o.suffix, nthreads=o.nthreads),
+                          name="spaces")
+    return result.out_dir, spaces.out_dir
+
+
+def init_single_image_wf(*, source: str, options: ImageOptions, reference: str = "",
+                         used_for_tuning: bool = False):
+    """The workflow task of one image (all inputs plain values; paths as absolute strings).
+
+    Parameters
+    ----------
+    source : str
+        Input image (3D NIfTI).
+    options : ImageOptions
+        Model, device, threads, memory, outputs: shared by all images of a run.
+    reference : str
+        Reference label map on the image's grid for Dice, or ``""``.
+    used_for_tuning : bool
+        The subject was a labelled real scan when the model was trained (flagged in outputs).
+
+    Example
+    -------
+    >>> opts = ImageOptions(model_dir="/models/m", model_name="m", model_sha256="0" * 64)
+    >>> wf = init_single_image_wf(source="/data/sub-01_T1w.nii.gz", options=opts)
+    >>> wf.source, wf.options.nthreads, wf.fingerprint
+    ('/data/sub-01_T1w.nii.gz', 1, '-|-')
     """
     source = str(Path(source).absolute())
     reference = str(Path(reference).absolute()) if reference else ""
-    return SingleImageWf(source=source, reference=reference, model_dir=str(Path(model_dir).absolute()),
-                         model_name=model_name, model_sha256=model_sha256, device=device,
-                         save_probseg=bool(save_probseg), seed=int(seed), nthreads=int(nthreads),
-                         used_for_tuning=bool(used_for_tuning),
-                         fingerprint=input_fingerprint(source, reference), mem_mb=max(0, int(mem_mb)),
-                         output_spaces=[str(t) for t in output_spaces], suffix=str(suffix),
-                         resolution=int(resolution))
+    return SingleImageWf(source=source, reference=reference, options=options,
+                         used_for_tuning=bool(used_for_tuning), fingerprint=input_fingerprint(source, reference))
 
 
 def node_name(index: int, entities: dict) -> str:

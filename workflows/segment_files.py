@@ -23,7 +23,6 @@ folder that ``l2s-segment`` moves into place atomically).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import zlib
@@ -39,10 +38,11 @@ from l2s_pipelines.errors import InputError
 from l2s_pipelines.io.checks import check_nifti_file
 from l2s_pipelines.io.preprocess import reorient_to_ras, resample_to_voxel_size
 from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
+from l2s_pipelines.system import write_json
 
 
 def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float) + "\n", encoding="utf-8")
+    write_json(path, obj, allow_nan=False)
 
 
 def model_grid_image(img: nib.Nifti1Image, voxel_size_mm) -> nib.Nifti1Image:

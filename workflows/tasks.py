@@ -1,24 +1,29 @@
-"""Pydra python tasks of the participant workflow.
+"""Pydra python tasks of the participant workflow: checks and inference.
 
 Tasks take and return paths and plain values (never tensors: Pydra hashes unknown objects by
 ``__dict__``). torch is imported inside the task functions only, so the main process never
-runs torch before the ``cf`` pool forks. Both tasks raise
-:class:`~l2s_pipelines.errors.InputError` naming the file and the problem on bad input.
+runs torch before the ``cf`` pool forks. Tasks raise :class:`~l2s_pipelines.errors.InputError`
+naming the file and the problem on bad input.
 
-``SegmentImage`` writes the per-image result folder (``result/`` in its Pydra cache folder):
-``dseg.nii.gz`` (input grid and affine, int16 label values), optional ``probseg.nii.gz``
-(``(X, Y, Z, K)``, channels in label-table order: float32 when it fits the memory budget,
-otherwise uint8 with the NIfTI scale ``scl_slope = 1/255``, so readers that apply the scale,
-e.g. nibabel's ``get_fdata``, get probabilities within 1/255; ``info.json`` says which),
-``volumes.tsv``, ``dice.tsv`` (with a reference), ``qc.json``, ``info.json`` and ``figures/``.
-Soft volumes and the confidence flag come from sums accumulated during segmentation, so no
-full posterior array is held unless the probseg is asked for.
+Each image goes through small tasks, so that a change to one step reruns that step only
+(a figure change never reruns inference):
+
+- :func:`CheckImage`: the image's header and declared size (no voxel is read), the reference;
+- :func:`SegmentImage`: inference, the only task reading the image's voxels for segmentation;
+  writes ``dseg.nii.gz`` (input grid and affine, int16 label values), optional
+  ``probseg.nii.gz`` (``(X, Y, Z, K)``, channels in label-table order: float32 when it fits the
+  memory budget, otherwise uint8 with the NIfTI scale ``scl_slope = 1/255``, so readers that
+  apply the scale, e.g. nibabel's ``get_fdata``, get probabilities within 1/255) and
+  ``segmentation.json`` (label table, per-label posterior sums and confidence statistics
+  accumulated during segmentation, so no full posterior array is held unless the probseg is
+  asked for; device, threads, timings);
+- :mod:`l2s_pipelines.workflows.result_tasks`: volumes, Dice and QC; figures; the per-image
+  result folder with ``info.json``.
 """
 
 from __future__ import annotations
 
 from pydra.compose import python
-from fileformats.generic import Directory
 
 #: Voxel-size ratio (largest / smallest) above which an image is logged as strongly anisotropic.
 ANISOTROPY_WARN = 4.0
@@ -55,16 +60,16 @@ def _load_nifti(path: str, budget_bytes: int | None = None):
     return img, data
 
 
-def check_image_data(path: str, img, data) -> list[str]:
-    """Validate one input image with :func:`l2s_pipelines.io.checks.check_input_image` (the
-    Segmenter's own check) and the header's voxel sizes. Returns warnings (strings); raises
-    InputError for unusable data. ``data`` is the voxel array, shape ``(X, Y, Z[, 1])``."""
+def check_image(path: str, img) -> list[str]:
+    """Check one input image's header (:func:`~l2s_pipelines.io.checks.check_image_header`,
+    the Segmenter's own header check) and voxel sizes, without reading its voxels. Returns
+    warnings (strings); raises InputError for an unusable image."""
     import numpy as np
 
     from l2s_pipelines.errors import InputError
-    from l2s_pipelines.io.checks import check_input_image
+    from l2s_pipelines.io.checks import check_image_header
 
-    check_input_image(img, path, data)
+    check_image_header(img, path)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     warnings = []
     if zooms.min() <= 0:
@@ -97,32 +102,30 @@ def check_reference(ref_path: str, img, label_values, budget_bytes: int | None =
 
 def _manifest_label_values(model_dir: str) -> list[int]:
     from l2s_pipelines.io.checkpoint import read_manifest
+    from l2s_pipelines.labels import LabelTable
 
-    labels = read_manifest(model_dir)["labels"]
-    if isinstance(labels, dict):
-        labels = labels.get("labels", labels)
-    if isinstance(labels, dict):
-        return [int(v) for v in labels["values"]]
-    return [int(lab["index"]) for lab in labels]
+    return LabelTable.from_dict(read_manifest(model_dir)["labels"]).values
 
 
 @python.define(outputs=["source", "reference", "warnings"])
 def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str, mem_mb: int = 0,
                nthreads: int = 1) -> tuple[str, str, list]:
-    """Load and check ``source`` (and ``reference`` when not empty) before segmentation.
+    """Check ``source`` (and ``reference`` when not empty) before segmentation.
 
     ``fingerprint`` (size and mtime of the inputs) only enters the cache key. Returns the source
     path unchanged, the reference (``""`` when it fails its check: a questionable reference never
     fails the image, it is left out of the Dice with a warning saying why) and a list of warnings
-    (strongly anisotropic voxels, an unusable reference). Declared sizes are checked before any
-    voxel is read, against the files and the job's budget (:func:`memory_budget_bytes`).
+    (strongly anisotropic voxels, an unusable reference). Only the image's header is checked
+    here, with its declared size against the file and the job's budget
+    (:func:`memory_budget_bytes`); its voxels are read once, by :func:`SegmentImage`, whose
+    Segmenter checks them (finite, not constant).
     """
     from l2s_pipelines.errors import InputError
+    from l2s_pipelines.io.checks import check_nifti_file
 
     budget = memory_budget_bytes(mem_mb, nthreads)
-    img, data = _load_nifti(source, budget)
-    warnings = check_image_data(source, img, data)
-    del data
+    img = check_nifti_file(source, budget)
+    warnings = check_image(source, img)
     if reference:
         try:
             check_reference(reference, img, _manifest_label_values(model_dir), budget)
@@ -146,38 +149,39 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def _write_json(path, obj) -> None:
-    import json
+    """Strict JSON (no NaN), written atomically (:func:`l2s_pipelines.system.write_json`)."""
+    from l2s_pipelines.system import write_json
 
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float) + "\n", encoding="utf-8")
+    write_json(path, obj, allow_nan=False)
 
 
-@python.define(outputs=["out_dir"])
-def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, model_sha256: str, device: str,
-                 save_probseg: bool, seed: int, nthreads: int, used_for_tuning: bool,
-                 warnings: list, mem_mb: int = 0) -> Directory:
-    """Segment one image and write the per-image result folder (see the module docstring).
+@python.define(outputs=["seg_dir"])
+def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, save_probseg: bool, seed: int,
+                 nthreads: int, fingerprint: str = "", mem_mb: int = 0) -> str:
+    """Segment one image (inference only) into the folder ``seg_dir`` (see the module docstring).
 
     ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch and numpy, and torch runs
-    in deterministic mode (bit-identical CPU results for the same seed, input and threads); ``model_sha256`` only enters the cache key, so a changed model reruns.
-    ``mem_mb``: memory budget of this segmentation in MiB (see
-    :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory shared
-    by ``CPUs // nthreads`` concurrent workers.
+    in deterministic mode (bit-identical CPU results for the same seed, input and threads);
+    ``model_sha256`` and ``fingerprint`` (size and mtime of the image) only enter the cache key,
+    so a changed model or image reruns. ``mem_mb``: memory budget of this segmentation in MiB
+    (see :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory
+    shared by ``CPUs // nthreads`` concurrent workers. The image was checked by
+    :func:`CheckImage`; its voxels are read once, here. Returns the folder as a string (its path
+    holds this job's checksum, so it keys the tasks that read it).
     """
-    import math
     import os
     import shutil
     import time
+    import zlib
     from pathlib import Path
 
     import nibabel as nib
     import numpy as np
     import torch
 
+    from l2s_pipelines.errors import InputError
     from l2s_pipelines.inference import Segmenter
-    from l2s_pipelines.io.checks import check_nifti_file
     from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
-    from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
-    from l2s_pipelines.workflows.segment_files import write_measures
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(nthreads)))
@@ -192,36 +196,29 @@ def SegmentImage(source: str, reference: str, model_dir: str, model_name: str, m
         shutil.rmtree(out)
     out.mkdir()
     budget = memory_budget_bytes(mem_mb, nthreads)
-    img = check_nifti_file(source, budget)  # voxels are read once, by the Segmenter
     segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),
                                        memory_budget_bytes=budget)
-    res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),
-                            posteriors_dtype="auto")
-    accuracy_note = accuracy_warning(segmenter.manifest)
-    warnings = list(warnings) + ([accuracy_note] if accuracy_note else [])
-    table = res.label_table
+    try:
+        img = nib.load(source)
+        res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),
+                                posteriors_dtype="auto")
+    except (OSError, EOFError, zlib.error) as exc:  # replaced or truncated since CheckImage
+        raise InputError(f"{source}: unreadable or truncated NIfTI ({type(exc).__name__})") from exc
     nib.save(res.dseg_image(), out / "dseg.nii.gz")
-    probseg_dtype = None
+    probseg_encoding = None
     if save_probseg:
-        probseg_dtype = str(res.posteriors.dtype)
+        probseg_encoding = ("float32" if res.posteriors.dtype == np.float32
+                            else "uint8, probability = value / 255 (scl_slope)")
         nib.save(res.probseg_image(), out / "probseg.nii.gz")
         res.posteriors = None
-    ref = np.asarray(nib.load(reference).dataobj) if reference else None
-    vols = write_measures(out, result=res, affine=img.affine, reference_data=ref)["volumes"]
-    plot_segmentation_mosaics(source, out / "dseg.nii.gz", table.to_dict(), out / "figures",
-                              reference_path=reference or None)
-    timings = {k: float(v) for k, v in dict(res.timings_s).items()}
-    info = {
-        "source": source, "reference": reference or None, "device": str(res.device),
+    _write_json(out / "segmentation.json", {
+        "labels": res.label_table.to_dict(), "soft_sums": [float(v) for v in res.soft_sums],
+        "confidence_sum": float(res.confidence_sum), "confidence_count": int(res.confidence_count),
+        "device": str(res.device), "threads": torch.get_num_threads(),
+        "timings_s": {k: float(v) for k, v in dict(res.timings_s).items()},
         "runtime_s": round(time.perf_counter() - t0, 3), "peak_memory_mb": _peak_memory_mb(str(res.device)),
-        "model_name": model_name,
-        "model_sha256": model_sha256, "seed": int(seed), "threads": torch.get_num_threads(), "timings_s": timings,
-        "tiv_mm3": None if math.isnan(vols["tiv_mm3"]) else vols["tiv_mm3"], "tiv_method": vols["tiv_method"],
-        "used_for_tuning": bool(used_for_tuning), "warnings": list(warnings), "labels": table.to_dict(),
-        "model_accuracy": accuracy_summary(segmenter.manifest), "model_accuracy_warning": accuracy_note,
-        "memory_budget_mb": budget >> 20, "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        "probseg_encoding": None if probseg_dtype is None else (
-            "float32" if probseg_dtype == "float32" else "uint8, probability = value / 255 (scl_slope)"),
-    }
-    _write_json(out / "info.json", info)
-    return Directory(out)
+        "memory_budget_mb": budget >> 20, "probseg_encoding": probseg_encoding,
+        "model_accuracy": accuracy_summary(segmenter.manifest),
+        "model_accuracy_warning": accuracy_warning(segmenter.manifest),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__}})
+    return str(out)

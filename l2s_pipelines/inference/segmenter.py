@@ -17,7 +17,6 @@ budget bounds the big buffers (:mod:`.memory`).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -33,22 +32,12 @@ from l2s_pipelines.inference.sliding_window import predict_planes, predict_slidi
 from l2s_pipelines.io.checkpoint import default_model_dir, load_model_package
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
 from l2s_pipelines.labels import LabelTable
+from l2s_pipelines.system import cpu_allocation
 
 MODES = {"2d": 2, "2.5d": 2, "3d": 3}
 #: Most 3D sliding-window patches one image may need (a 96^3 patch at overlap 0.5 over a 1 mm
 #: head needs about 200).
 MAX_WINDOWS = 20_000
-
-
-def cpu_allocation() -> int:
-    """CPUs allotted to this job: ``SLURM_CPUS_PER_TASK`` if set, else the affinity mask."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

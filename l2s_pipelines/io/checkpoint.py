@@ -24,6 +24,7 @@ from typing import Any
 
 from l2s_pipelines.errors import ModelError
 from l2s_pipelines.io.manifest_checks import check_manifest_values, check_weights_entry
+from l2s_pipelines.system import atomic_write_bytes
 
 #: Largest accepted manifest and safetensors header (bytes; safetensors' own header limit).
 MAX_MANIFEST_BYTES = 16 << 20
@@ -128,12 +129,7 @@ def check_labels(manifest: dict, where: str | os.PathLike) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, fsync=True)
 
 
 def _versions() -> dict:

@@ -91,12 +91,10 @@ def check_nifti_file(path, budget_bytes: int | None = None):
     return img
 
 
-def check_input_image(img, name: str, data: np.ndarray | None = None) -> np.ndarray:
-    """Check ``img`` (3D, or 4D with one volume; invertible affine; finite; not constant).
-
-    ``data``: its voxel array when already read (else read here). Returns the float32
-    ``(X, Y, Z)`` voxel array; raises InputError naming ``name`` and the problem.
-    """
+def check_image_header(img, name: str) -> tuple[int, int, int]:
+    """The header part of :func:`check_input_image`, no voxel read: a NIfTI image, 3D (or 4D
+    with one volume) of at least 2 voxels per axis, with a finite invertible affine. Returns the
+    3D shape ``(X, Y, Z)``; raises InputError naming ``name`` and the problem."""
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise InputError(f"{name}: expected a NIfTI image, got {type(img).__name__}")
     shape = tuple(img.shape)
@@ -109,6 +107,16 @@ def check_input_image(img, name: str, data: np.ndarray | None = None) -> np.ndar
                          "a 3D volume is required")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(f"{name}: the affine is not invertible or not finite")
+    return shape
+
+
+def check_input_image(img, name: str, data: np.ndarray | None = None) -> np.ndarray:
+    """Check ``img`` (3D, or 4D with one volume; invertible affine; finite; not constant).
+
+    ``data``: its voxel array when already read (else read here). Returns the float32
+    ``(X, Y, Z)`` voxel array; raises InputError naming ``name`` and the problem.
+    """
+    shape = check_image_header(img, name)
     if data is None:
         data = np.asanyarray(img.dataobj, dtype=np.float32)  # no cached copy in img
     data = np.asarray(data, dtype=np.float32).reshape(shape)

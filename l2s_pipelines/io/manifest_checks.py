@@ -32,12 +32,12 @@ import os
 import re
 
 from l2s_pipelines.errors import ModelError
+from l2s_pipelines.planes import PLANES
 
 MAX_LEVELS, MAX_WIDTH, MAX_CONVS, MAX_IN_CHANNELS = 8, 512, 4, 4
 VOXEL_MM_RANGE = (0.25, 10.0)
 MAX_PATCH = 512
 MAX_OVERLAP = 0.9
-PLANES = ("axial", "coronal", "sagittal")
 MODES = {"2d": 2, "2.5d": 2, "3d": 3}
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -108,7 +108,7 @@ def _check_inference(inf, ndim: int, where) -> None:
     planes = inf.get("planes") or ["axial"]
     if ndim == 2 and (not isinstance(planes, list) or len(set(map(str, planes))) != len(planes)
                       or not all(p in PLANES for p in planes)):
-        raise ModelError(f"{where}: inference.planes must be distinct names of {', '.join(PLANES)}")
+        raise ModelError(f"{where}: inference.planes must be distinct names of {', '.join(sorted(PLANES))}")
     patch = inf.get("patch_size")  # used by 3D networks only (2D ones predict whole slices)
     if patch is not None and (not isinstance(patch, list) or len(patch) != (3 if ndim == 3 else len(patch))
                               or not all(_int(p) and 1 <= p <= MAX_PATCH for p in patch)):

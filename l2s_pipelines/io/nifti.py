@@ -17,8 +17,7 @@ from l2s_pipelines.errors import InputError
 from l2s_pipelines.inference.memory import available_memory_bytes
 from l2s_pipelines.io.checks import check_nifti_file
 from l2s_pipelines.io.preprocess import normalise_intensity, reorient_to_ras, resample_to_voxel_size
-
-PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # RAS axis each plane's slices run along
+from l2s_pipelines.planes import PLANE_AXIS
 
 
 def _read(path) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -97,9 +96,9 @@ def slices_2d(volume: torch.Tensor, plane: str) -> torch.Tensor:
     sagittal: N = X, (H, W) = (Y, Z); coronal: N = Y, (X, Z); axial: N = Z, (X, Y). In coronal
     and axial slices the first in-plane axis is left-right (what the generator flips).
     """
-    if plane not in PLANES:
-        raise ValueError(f"unknown plane {plane!r}; choose from {sorted(PLANES)}")
-    return volume[0].movedim(PLANES[plane], 0).unsqueeze(1)
+    if plane not in PLANE_AXIS:
+        raise ValueError(f"unknown plane {plane!r}; choose from {sorted(PLANE_AXIS)}")
+    return volume[0].movedim(PLANE_AXIS[plane], 0).unsqueeze(1)
 
 
 def crop_or_pad(x: torch.Tensor, start, size, fill=0) -> torch.Tensor:
@@ -133,7 +132,7 @@ class _SliceIndex:
     """Volumes kept whole; 2D samples are (volume, slice) pairs of slices with content."""
 
     def __init__(self, masks, plane, min_fraction):
-        axis = PLANES[plane]
+        axis = PLANE_AXIS[plane]
         pairs = []
         for v, m in enumerate(masks):
             other = tuple(a for a in range(3) if a != axis)

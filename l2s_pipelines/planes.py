@@ -1,0 +1,12 @@
+"""Anatomical planes of a RAS volume: the one definition used by training, inference, model
+manifests and the report figures (no torch or numpy import, so command lines can use it).
+
+>>> PLANES, PLANE_AXIS["axial"], sorted(PLANES)
+(('sagittal', 'coronal', 'axial'), 2, ['axial', 'coronal', 'sagittal'])
+"""
+
+#: Plane names in RAS axis order: the slices of ``PLANES[i]`` run along RAS axis ``i``
+#: (sagittal: x, left-right; coronal: y, posterior-anterior; axial: z, inferior-superior).
+PLANES = ("sagittal", "coronal", "axial")
+#: RAS axis each plane's slices run along.
+PLANE_AXIS = {plane: axis for axis, plane in enumerate(PLANES)}

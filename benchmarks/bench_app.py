@@ -206,9 +206,10 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float, str]:
 
 
 def app_command(bids: Path, out: Path, work: Path, model: Path, nprocs: int, threads: int, device: str) -> list[str]:
+    """``nprocs`` images at once with ``threads`` each (l2s-bids' --nprocs counts all threads)."""
     return [str(Path(sys.executable).with_name("l2s-bids")), str(bids), str(out), "participant",
-            "--model", str(model), "-w", str(work), "--nprocs", str(nprocs), "--omp-nthreads", str(threads),
-            "--device", device, "-v"]
+            "--model", str(model), "-w", str(work), "--nprocs", str(nprocs * threads), "--omp-nthreads", str(threads),
+            "--parallel-images", str(nprocs), "--device", device, "-v"]
 
 
 def log_offsets(text: str, start_epoch: float) -> dict:

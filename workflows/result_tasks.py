@@ -49,7 +49,6 @@ def MeasureSegmentation(source: str, seg_dir: str, reference: str = "",
     mtime of the image and reference) only enters the cache key. Returns the folder, this
     task's seconds and the worker's peak memory (MiB).
     """
-    import shutil
     import time
     from pathlib import Path
 
@@ -59,13 +58,10 @@ def MeasureSegmentation(source: str, seg_dir: str, reference: str = "",
     from l2s_pipelines.inference import SegmentationResult
     from l2s_pipelines.labels import LabelTable
     from l2s_pipelines.workflows.segment_files import write_measures
-    from l2s_pipelines.workflows.tasks import _peak_memory_mb
+    from l2s_pipelines.workflows.tasks import _peak_memory_mb, fresh_folder
 
     t0 = time.perf_counter()
-    out = Path.cwd() / "result"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
+    out = fresh_folder()
     record = read_segmentation(seg_dir)
     affine = nib.load(source).affine
     result = SegmentationResult(
@@ -95,17 +91,14 @@ def PlotSegmentation(source: str, seg_dir: str, reference: str = "",
     ``reference`` is given. ``n_slices``: slices per plane (None: the figures' default);
     ``fingerprint`` (size and mtime of the image and reference) only enters the cache key.
     Returns the ``figures/`` folder, this task's seconds and the worker's peak memory (MiB)."""
-    import shutil
     import time
     from pathlib import Path
 
     from l2s_pipelines.workflows.figures import plot_segmentation_mosaics
-    from l2s_pipelines.workflows.tasks import _peak_memory_mb
+    from l2s_pipelines.workflows.tasks import _peak_memory_mb, fresh_folder
 
     t0 = time.perf_counter()
-    out = Path.cwd() / "figures"
-    if out.exists():
-        shutil.rmtree(out)
+    out = fresh_folder("figures")
     extra = {} if n_slices is None else {"n_slices": int(n_slices)}
     plot_segmentation_mosaics(source, Path(seg_dir) / "dseg.nii.gz", read_segmentation(seg_dir)["labels"], out,
                               reference_path=reference or None, **extra)
@@ -139,12 +132,9 @@ def WriteResult(source: str, reference: str, seg_dir: str, measures_dir: str, fi
     import shutil
     from pathlib import Path
 
-    from l2s_pipelines.workflows.tasks import _write_json
+    from l2s_pipelines.workflows.tasks import _write_json, fresh_folder
 
-    out = Path.cwd() / "result"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
+    out = fresh_folder()
     for folder, names in ((seg_dir, SEGMENTATION_FILES), (measures_dir, MEASURE_FILES)):
         for name in names:
             if (Path(folder) / name).is_file():

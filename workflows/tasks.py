@@ -135,6 +135,18 @@ def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str, me
     return source, reference, warnings
 
 
+def fresh_folder(name: str = "result"):
+    """An empty folder ``name`` in the job's working folder (a rerun's leftovers removed)."""
+    import shutil
+    from pathlib import Path
+
+    out = Path.cwd() / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    return out
+
+
 def _peak_memory_mb(device: str) -> float:
     """Peak resident memory of this worker process (MiB; on CUDA, plus the torch allocator's
     peak). The worker process may have run earlier images: an upper bound for this image."""
@@ -170,10 +182,8 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
     holds this job's checksum, so it keys the tasks that read it).
     """
     import os
-    import shutil
     import time
     import zlib
-    from pathlib import Path
 
     import nibabel as nib
     import numpy as np
@@ -191,10 +201,7 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
     torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) % 2**32)
-    out = Path.cwd() / "result"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
+    out = fresh_folder()
     budget = memory_budget_bytes(mem_mb, nthreads)
     segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),
                                        memory_budget_bytes=budget)

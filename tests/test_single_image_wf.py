@@ -58,3 +58,23 @@ def test_figure_change_does_not_rerun_inference(tmp_path, model_dir):
     _run(init_single_image_wf(source=str(source), reference=str(reference),
                               options=dataclasses.replace(opts, seed=1)), work)
     assert len(_jobs(work, "result/segmentation.json")) == 2
+
+
+def test_check_reads_no_voxels(tmp_path, model_dir, monkeypatch):
+    """CheckImage checks the header and declared size only: the image's voxels are read once,
+    by the inference task."""
+    from nibabel.arrayproxy import ArrayProxy
+
+    from l2s_pipelines.workflows.tasks import CheckImage
+
+    source = image_path(build_bids(tmp_path / "bids"), "01", None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CheckImage read voxel data")
+
+    monkeypatch.setattr(ArrayProxy, "__array__", refuse)
+    monkeypatch.setattr(ArrayProxy, "__getitem__", refuse)
+    task = CheckImage(source=str(source), reference="", model_dir=str(model_dir), fingerprint="-")
+    with make_submitter("debug", work_dir=tmp_path / "work") as sub:
+        res = sub(task)
+    assert not res.errored and res.outputs.source == str(source) and res.outputs.warnings == []

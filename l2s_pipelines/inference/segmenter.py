@@ -197,13 +197,14 @@ class Segmenter:
             box.append(slice(max(0, lo), min(n, hi)))
         return tuple(box)
 
-    def predict_box(self, vol: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def predict_box(self, vol: torch.Tensor, name: str = "<image>") -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Posteriors ``(K, *box_shape)`` over the crop box of a normalised volume ``vol``
         ``(X, Y, Z)`` and the box origin (model voxel index); outside the box the model grid
         is background with probability 1. float16 when float32 would exceed
-        ``max_buffer_bytes``."""
+        ``max_buffer_bytes``; an InputError naming ``name`` when even that exceeds the budget."""
         box = self._crop_box(vol)
         sub = vol[box]
+        self._check_box(vol.numel(), sub.numel(), name)
         k = len(self.labels)
         big = k * sub.numel() * 4 > self.max_buffer_bytes
         post = torch.empty((k, *sub.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
@@ -243,7 +244,7 @@ class Segmenter:
         data = check_input_image(img, name)
         native_affine = np.array(img.affine, dtype=np.float64)
         t["checks"] = time.perf_counter() - t0
-        self._check_model_grid(img, name)
+        self._check_model_grid(img, data, name)
         t1 = time.perf_counter()
         vol, model_affine = self._model_space(data, native_affine)
         del data
@@ -253,7 +254,7 @@ class Segmenter:
         t["preprocess"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         model_shape = tuple(vol.shape)
-        post, origin = self.predict_box(vol)
+        post, origin = self.predict_box(vol, name)
         del vol
         self._sync()
         t["predict"] = time.perf_counter() - t1
@@ -282,18 +283,34 @@ class Segmenter:
                              f"{self.overlap} needs {count} windows over a {shape} grid (at most "
                              f"{MAX_WINDOWS}); use a larger patch or a smaller overlap")
 
-    def _check_model_grid(self, img, name: str) -> None:
+    def _check_model_grid(self, img, data, name: str) -> None:
         """Refuse, before resampling, an image whose model-space grid (its extent at the model's
-        voxel size) needs more than the memory budget: the float32 volume plus float16
-        posteriors of ``K`` labels, ``4 + 2 K`` bytes per model voxel at least."""
+        voxel size) needs more than the memory budget: the float32 volume (4 bytes per model
+        voxel) plus float16 posteriors (``2 K`` bytes) over the head's box, estimated from the
+        bounding box of the native voxels above the image's minimum (:meth:`_check_box`)."""
         if not self.memory_budget_bytes:
             return
         zooms = np.sqrt((np.asarray(img.affine, dtype=float)[:3, :3] ** 2).sum(0))
         grid = [math.ceil(n * z / v) + 1 for n, z, v in zip(img.shape[:3], zooms, self.voxel_size)]
-        need = math.prod(grid) * (4 + 2 * len(self.labels))
+        fg = np.asarray(data) > np.min(data)
+        extent = []
+        for axis in range(3):
+            hit = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != axis)))
+            extent.append(int(hit[-1] - hit[0] + 1) if hit.size else 0)
+        box = [min(g, math.ceil(e * z / v) + 2 * self.crop_margin_vox + 1)
+               for g, e, z, v in zip(grid, extent, zooms, self.voxel_size)]
+        self._check_box(math.prod(grid), math.prod(box), name)
+
+    def _check_box(self, grid_voxels: int, box_voxels: int, name: str) -> None:
+        """Refuse when the model-grid volume (float32) plus the posteriors over the head's box
+        (float16 at least: ``2 K`` bytes per box voxel) exceed the memory budget (an InputError
+        naming ``name``); called before resampling (estimated box) and before predicting."""
+        if not self.memory_budget_bytes:
+            return
+        need = grid_voxels * 4 + box_voxels * 2 * len(self.labels)
         if need > self.memory_budget_bytes:
-            raise InputError(f"{name}: resampled to the model's {self.voxel_size} mm voxels the image is "
-                             f"{'x'.join(map(str, grid))} voxels and needs about {need / 2**30:.2f} GiB, more "
+            raise InputError(f"{name}: at the model's {self.voxel_size} mm voxels the image ({grid_voxels} "
+                             f"voxels, the head's box {box_voxels}) needs about {need / 2**30:.2f} GiB, more "
                              f"than the memory budget of {self.memory_budget_bytes / 2**30:.2f} GiB")
 
     def _to_native(self, post, model_affine, model_shape, origin, shape, native_affine, dseg, posteriors):

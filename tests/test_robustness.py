@@ -12,7 +12,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from conftest import read_summary, run_cli
 from template_fixtures import _nilearn_map, _pool2
@@ -55,7 +54,6 @@ def _mean_dice(a, b):
     return float(np.mean([2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v)) for v in labels]))
 
 
-@pytest.mark.slow
 def test_storage_and_intensity_variants_segment_the_same(tmp_path):
     t1 = _nilearn_map("t1")
     data, affine = _pool2(t1.get_fdata(dtype=np.float32), t1.affine)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_json  # noqa: E402
+from l2s_pipelines.system import atomic_write_text  # noqa: E402
 from real_accuracy import DEFAULT_BIDS, DEFAULT_SCORED, DEFAULT_TUNED, evaluate_model, find_subjects  # noqa: E402
 
 METRIC = ("mean Dice over the 32 structures (background excluded, reference 255 ignored; a structure "
@@ -83,9 +83,7 @@ def record_card(package: Path, device: str) -> dict:
     if manifest["weights"]["sha256"] != scored["sha256"]:
         raise SystemExit(f"{path}: weights changed while scoring")
     manifest["validation"] = block
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     print(f"{path}: validation {block['validation']['mean_dice']:.3f}, held-out {block['scored']['mean_dice']:.3f}")
     return block
 

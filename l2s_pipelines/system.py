@@ -35,7 +35,7 @@ def cpu_allocation() -> int:
 
 
 def temp_path(dest: Path) -> Path:
-    """A new empty temporary file beside ``dest`` (``.<name>.l2s-tmp-XXXX``)."""
+    """A new empty temporary file beside ``dest`` (``.<name>.l2s-tmp-`` and a random suffix)."""
     fd, name = tempfile.mkstemp(prefix=f".{Path(dest).name}{TMP_MARK}", dir=Path(dest).parent)
     os.close(fd)
     return Path(name)

@@ -18,7 +18,7 @@ from l2s_pipelines.io.preprocess import normalise_intensity
 from l2s_pipelines.labels import IGNORE_INDEX, LabelTable, generation_classes
 from l2s_pipelines.synth import intensity as inten
 from l2s_pipelines.synth import spatial
-from l2s_pipelines.synth.sampling import new_seed
+from l2s_pipelines.synth.sampling import bernoulli, new_seed
 
 
 @dataclass(frozen=True)
@@ -216,9 +216,9 @@ class SynthGenerator:
         if cfg.flip:
             p.flip = spatial.sample_flip(B, cfg.flip_probability, generator, dev)
         if cfg.skull_strip_probability > 0:
-            p.skull_strip = spatial.sample_flip(B, cfg.skull_strip_probability, generator, dev)
+            p.skull_strip = bernoulli((B,), cfg.skull_strip_probability, generator, dev)
         if cfg.background_zero_probability > 0:
-            p.background_zero = spatial.sample_flip(B, cfg.background_zero_probability, generator, dev)
+            p.background_zero = bernoulli((B,), cfg.background_zero_probability, generator, dev)
         return p
 
     def deform_labels(self, label_maps: torch.Tensor, params: SynthParams) -> torch.Tensor:

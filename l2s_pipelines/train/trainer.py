@@ -20,7 +20,6 @@ Each step is logged to ``out_dir/metrics.jsonl``; checkpoints go to ``out_dir/ch
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -364,9 +363,9 @@ def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
     log.reset()
     curves = package / "metrics.jsonl"
     if curves.is_file():
-        for line in curves.read_text().splitlines():
-            if line.strip() and json.loads(line).get("step", start) < start:
-                log.write(json.loads(line))
+        for record in MetricsLog(curves).read():
+            if record.get("step", start) < start:
+                log.write(record)
     return start
 
 

@@ -218,6 +218,17 @@ def _read_result(result_dir: Path) -> tuple[dict, dict]:
     return info, qc
 
 
+def model_entry(info: dict) -> dict:
+    """The sidecars' ``Model`` entry from a result's ``info``: name, sha256 and, when the
+    package records them, its measured accuracy and the accuracy warning."""
+    model = {"Name": info.get("model_name"), "SHA256": info.get("model_sha256")}
+    if info.get("model_accuracy"):
+        model["Accuracy"] = info["model_accuracy"]
+    if info.get("model_accuracy_warning"):
+        model["AccuracyWarning"] = info["model_accuracy_warning"]
+    return model
+
+
 def publish_image_results(result_dir, output_dir, *, entities: dict, source_file,
                           save_probseg: bool, bids_dir=None, move: bool = False,
                           spaces_dir=None, spaces=()) -> dict[str, Path]:
@@ -263,11 +274,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     tsv_text, rows = tables.lookup_table_tsv(result_dir / "dseg.nii.gz", info["labels"])
     written["dseg_tsv"] = atomic_write_text(_with(prefix, "_dseg.tsv"), tsv_text)
     written["dseg"] = atomic_copy(result_dir / "dseg.nii.gz", _with(prefix, "_dseg.nii.gz"), move=move)
-    model = {"Name": info.get("model_name"), "SHA256": info.get("model_sha256")}
-    if info.get("model_accuracy"):
-        model["Accuracy"] = info["model_accuracy"]
-    if info.get("model_accuracy_warning"):
-        model["AccuracyWarning"] = info["model_accuracy_warning"]
+    model = model_entry(info)
     generated = {"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": code_url()}
     container = detect_container()
     if container:

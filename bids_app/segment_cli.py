@@ -177,7 +177,8 @@ def publish(staged: Path, *, source: Path, dseg: Path, base: Path) -> dict[str, 
 def _publish_files(staged: Path, info: dict, *, source: Path, dseg: Path, base: Path, written: dict) -> None:
     from l2s_pipelines import __version__
     from l2s_pipelines.bids_app import tables
-    from l2s_pipelines.bids_app.derivatives import PIPELINE_NAME, atomic_copy, atomic_write_text, write_json
+    from l2s_pipelines.bids_app.derivatives import (PIPELINE_NAME, atomic_copy, atomic_write_text,
+                                                    model_entry, write_json)
     from l2s_pipelines.bids_app.provenance import code_url, software_versions
 
     tsv_text, _ = tables.lookup_table_tsv(staged / "dseg.nii.gz", info["labels"])
@@ -190,9 +191,7 @@ def _publish_files(staged: Path, info: dict, *, source: Path, dseg: Path, base: 
                                             _with(base, "_desc-volumes_morph.tsv"), tables.VOLUMES)
     qc = json.loads((staged / "qc.json").read_text())
     written["qc"] = tables.write_table(tables.qc_frame(qc), _with(base, "_desc-qc_stats.tsv"), tables.QC)
-    model = {"Name": info["model_name"], "SHA256": info["model_sha256"]}
-    if info.get("model_accuracy_warning"):
-        model["AccuracyWarning"] = info["model_accuracy_warning"]
+    model = model_entry(info)
     meta = {"Sources": [source.absolute().as_uri()],
             "SpatialReference": written["resampled"].name if "resampled" in written else "orig",
             "Model": model, "Device": info["device"], "Threads": info["threads"],

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from l2s_pipelines.bids_app.helpfmt import HelpFormatter
     from l2s_pipelines.bids_app.options import INPUT_SUFFIXES, PLUGINS
     from l2s_pipelines.workflows.execution import PLUGIN_ARGS
+    from l2s_pipelines.workflows.participant import JOB_GRANULARITIES
 
     p = _Parser(prog="l2s-bids", description="Brain MRI segmentation with Learn2Synth networks "
                 "(a BIDS App). Exit codes: 0 ok, 2 bad arguments or dataset, 3 some images "
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(*_both("--plugin-args"), nargs="+", default=[], metavar="ARG",
                    help="worker options, a JSON object or key=value words; per plugin: "
                         + PLUGIN_ARGS.replace("%", "%%"))
+    r.add_argument("--cluster-jobs", choices=JOB_GRANULARITIES, default="image",
+                   help="with slurm, sge or dask: one scheduler job per image (its check, inference, "
+                        "measures, figures and result run inside it, each still cached) or one job per "
+                        "task (5 per image: more queue waits, finer resource use); cf and debug ignore it")
     m = p.add_argument_group("model and outputs")
     m.add_argument("--model", type=Path, help="model package folder (default: bundled model)")
     m.add_argument(*_both("--save-probseg"), action="store_true", help="also write 4D posteriors")
@@ -151,6 +156,7 @@ def options_from_args(ns: argparse.Namespace):
         model_dir=absolute(ns.model), device=ns.device,
         reference_derivatives=absolute(ns.reference_derivatives), input_suffix=ns.input_suffix,
         save_probseg=ns.save_probseg, plugin=ns.plugin, plugin_args=o.parse_plugin_args(ns.plugin_args),
+        cluster_jobs=ns.cluster_jobs,
         output_spaces=tuple(ns.output_spaces))
 
 

@@ -17,6 +17,8 @@ from l2s_pipelines.system import cpu_allocation as available_cpus  # noqa: F401 
 
 INPUT_SUFFIXES = ("T1w", "T2w", "FLAIR", "PDw")
 PLUGINS = ("cf", "debug", "slurm", "sge", "dask")
+#: Plugins that submit jobs to a scheduler (``--cluster-jobs`` applies to them).
+CLUSTER_PLUGINS = ("slurm", "sge", "dask")
 #: Bounds of a ``--bids-filter-file``: its size and the values one entity may list.
 MAX_FILTER_BYTES, MAX_FILTER_VALUES = 1 << 20, 10_000
 _MEM_UNITS = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
@@ -57,7 +59,13 @@ class RunOptions:
     save_probseg: bool = False
     plugin: str = "cf"
     plugin_args: dict = field(default_factory=dict)
+    cluster_jobs: str = "image"
     output_spaces: tuple[str, ...] = ()
+
+    @property
+    def job_per_image(self) -> bool:
+        """One scheduler job per image: ``--cluster-jobs image`` on a cluster worker."""
+        return self.plugin in CLUSTER_PLUGINS and self.cluster_jobs == "image"
 
     @property
     def logs_dir(self) -> Path:

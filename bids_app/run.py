@@ -165,7 +165,8 @@ def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
                             plugin_args=opts.plugin_args) as sub:
             for batch in batches:
                 wf, _ = init_participant_wf(image_tasks=[tasks[i] for i in batch],
-                                            entities=[images[i].entities for i in batch])
+                                            entities=[images[i].entities for i in batch],
+                                            job_per_image=opts.job_per_image, cache_root=opts.work_dir)
                 try:
                     sub(wf, raise_errors=False)
                 except Exception as exc:  # errors of single images are read from their own records

@@ -57,11 +57,25 @@ def voxel_volume(affine_or_volume) -> float:
 
 
 def _channel_index(label_map: np.ndarray, values) -> np.ndarray:
-    """Map a label-value array to channel indices (int64); values not in ``values`` -> -1."""
-    lab = np.asarray(label_map).astype(np.int64, copy=False)
+    """Map a label-value array to channel indices; values not in ``values`` -> -1.
+
+    Label maps stored as 8- or 16-bit integers (every dseg and most references) go through one
+    lookup table on their own bits, with no wider copy; other dtypes are cast to int64 first.
+    Returns int16 when the table allows (fewer than 32,767 labels), else int64."""
+    lab = np.asarray(label_map)
+    values = [int(v) for v in values]
+    out_dtype = np.int16 if len(values) < np.iinfo(np.int16).max else np.int64
+    if lab.dtype.kind in "ui" and lab.dtype.itemsize <= 2:
+        bits = lab.view(np.dtype(f"u{lab.dtype.itemsize}"))  # negatives land above the max: -> -1
+        lut = np.full(np.iinfo(bits.dtype).max + 1, -1, dtype=out_dtype)
+        for i, v in enumerate(values):
+            if 0 <= v < (lut.size >> (lab.dtype.kind == "i")):
+                lut[v] = i
+        return lut[bits]
+    lab = lab.astype(np.int64, copy=False)
     vmax = max(int(lab.max(initial=0)), max(values)) + 1
-    lut = np.full(vmax + 1, -1, dtype=np.int64)
-    lut[list(values)] = np.arange(len(values))
+    lut = np.full(vmax + 1, -1, dtype=out_dtype)
+    lut[values] = np.arange(len(values))
     return lut[np.clip(lab, -1, vmax)]
 
 
@@ -71,6 +85,19 @@ def _counts(label_map: np.ndarray, values, mask: np.ndarray | None = None) -> np
         idx = idx[mask]
     idx = idx[idx >= 0]
     return np.bincount(idx.ravel(), minlength=len(values)).astype(np.float64)
+
+
+def _joint_counts(pred: np.ndarray, ref: np.ndarray, values, ignore_value: int) -> np.ndarray:
+    """Joint histogram ``(K + 1, K + 1)`` of (prediction, reference) channel indices, shifted by
+    one so that row/column 0 counts values not in ``values``; voxels where ``ref ==
+    ignore_value`` are left out. One pass over the voxels, no boolean-indexed copies."""
+    k = len(values)
+    pi = _channel_index(pred, values).astype(np.int32) + 1
+    ri = _channel_index(ref, values).astype(np.int32) + 1
+    ri[np.asarray(ref) == ignore_value] = k + 1  # an extra column, dropped below
+    codes = pi.ravel() * (k + 2) + ri.ravel()
+    joint = np.bincount(codes, minlength=(k + 1) * (k + 2)).reshape(k + 1, k + 2)
+    return joint[:, :k + 1].astype(np.float64)
 
 
 def soft_sums_of(posteriors: np.ndarray, chunk: int = 16) -> np.ndarray:
@@ -143,13 +170,8 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, table, ignore_value: int = 25
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} shapes differ")
     vox = voxel_volume(voxel_volume_mm3)
-    keep = ref != ignore_value
-    k = len(table.values)
-    pi, ri = _channel_index(pred, table.values)[keep], _channel_index(ref, table.values)[keep]
-    both = pi[(pi == ri) & (pi >= 0)]
-    inter = np.bincount(both, minlength=k).astype(float)
-    npred = np.bincount(pi[pi >= 0], minlength=k).astype(float)
-    nref = np.bincount(ri[ri >= 0], minlength=k).astype(float)
+    joint = _joint_counts(pred, ref, table.values, ignore_value)
+    inter, npred, nref = np.diag(joint)[1:], joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
     rows = []
     for i, (v, n) in enumerate(zip(table.values, table.names)):
         denom = npred[i] + nref[i]
@@ -171,15 +193,13 @@ def tissue_dice(pred: np.ndarray, ref: np.ndarray, table, ignore_value: int = 25
                 tissues=("csf", "cortex", "white_matter", "deep_grey")) -> dict[str, float]:
     """Dice per tissue class (labels merged by ``table.tissue``); ``{tissue: dice}``, NaN when
     the class is absent from both maps. ``ignore_value`` voxels of ``ref`` are left out."""
-    pred, ref = np.asarray(pred), np.asarray(ref)
-    keep = ref != ignore_value
-    pi, ri = _channel_index(pred, table.values)[keep], _channel_index(ref, table.values)[keep]
+    joint = _joint_counts(pred, ref, table.values, ignore_value)
     out = {}
     for t in tissues:
-        members = np.array([i for i, tt in enumerate(table.tissue) if tt == t], dtype=np.int64)
-        p, r = np.isin(pi, members), np.isin(ri, members)
-        denom = p.sum() + r.sum()
-        out[t] = float(2 * (p & r).sum() / denom) if denom > 0 else math.nan
+        rows = np.array([i + 1 for i, tt in enumerate(table.tissue) if tt == t], dtype=np.int64)
+        p, r = joint[rows, :].sum(), joint[:, rows].sum()
+        both = joint[np.ix_(rows, rows)].sum()
+        out[t] = float(2 * both / (p + r)) if p + r > 0 else math.nan
     return out
 
 
@@ -188,13 +208,26 @@ def _flag(name, value, threshold, flagged, description) -> dict:
             "threshold": threshold, "flagged": bool(flagged), "description": description}
 
 
-def _largest_component_fraction(mask: np.ndarray) -> float:
-    if not mask.any():
-        return math.nan
-    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
-    lab, n = ndimage.label(mask[sl], structure=np.ones((3,) * mask.ndim, dtype=bool))
-    sizes = np.bincount(lab.ravel())[1:]
-    return float(sizes.max() / sizes.sum())
+def _largest_component_fractions(dseg: np.ndarray, values) -> dict[int, float]:
+    """``{value: largest 26-connected component / voxels of that label}`` (NaN when absent),
+    each label examined inside its own bounding box, the boxes found in one pass."""
+    lab = np.asarray(dseg)
+    if lab.dtype.kind not in "ui":
+        lab = lab.astype(np.int64)
+    values = [int(v) for v in values]
+    top = max([v for v in values if v > 0], default=0)
+    boxes = ndimage.find_objects(np.where(lab >= 0, lab, 0) if lab.dtype.kind == "i" else lab, max_label=top)
+    structure = np.ones((3,) * lab.ndim, dtype=bool)
+    out = {}
+    for v in values:
+        box = boxes[v - 1] if 0 < v <= len(boxes) else None
+        if box is None:
+            out[v] = math.nan
+            continue
+        components, _ = ndimage.label(lab[box] == v, structure=structure)
+        sizes = np.bincount(components.ravel())[1:]
+        out[v] = float(sizes.max() / sizes.sum())
+    return out
 
 
 def mean_max_posterior(posteriors: np.ndarray, mask: np.ndarray, chunk: int = 16) -> float:
@@ -238,10 +271,11 @@ def qc_flags(dseg: np.ndarray, posteriors: np.ndarray | None, volumes: dict, tab
                            f"|L-R|/(L+R) of {name_of[v]} / {name_of[partner]} hard volumes "
                            f"({left:.0f} / {right:.0f} mm^3); checked when a side exceeds "
                            f"{ASYMMETRY_MIN_VOLUME_MM3:.0f} mm^3"))
-    for v, tissue in zip(table.values, table.tissue):
-        if v == 0 or (tissue not in FRAGMENT_TISSUES and v not in FRAGMENT_EXTRA_VALUES):
-            continue
-        frac = _largest_component_fraction(dseg == v)
+    checked = [v for v, tissue in zip(table.values, table.tissue)
+               if v != 0 and (tissue in FRAGMENT_TISSUES or v in FRAGMENT_EXTRA_VALUES)]
+    fractions = _largest_component_fractions(dseg, checked)
+    for v in checked:
+        frac = fractions[v]
         flags.append(_flag(f"fragmented_{name_of[v]}", frac, FRAGMENT_MIN_FRACTION,
                            not math.isnan(frac) and frac < FRAGMENT_MIN_FRACTION,
                            f"largest 26-connected component of {name_of[v]} as a fraction of its voxels"))

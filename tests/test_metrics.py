@@ -152,3 +152,35 @@ def test_precomputed_soft_sums_and_confidence(table):
     assert f["value"] == pytest.approx(g["value"]) == pytest.approx(0.6)
     assert f["flagged"] and g["flagged"]
     assert not _flags(metrics.qc_flags(dseg, None, given, table, mean_confidence=0.9))["low_confidence"]["flagged"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64, np.float32])
+def test_label_maps_of_every_dtype_count_alike(table, dtype):
+    """Dice, tissue Dice, volumes and fragment checks give the same numbers whatever integer
+    (or float) type a label map is stored in; values outside the table (a negative one, 7, 99)
+    count in no label, and the reference's ignore value (255, where the type holds it) in none."""
+    rng = np.random.default_rng(3)
+    values = np.array(table.values[:20] + [7, 99], dtype=np.int64)
+    pred64 = rng.choice(values, size=(9, 10, 11))
+    ref64 = rng.choice(values, size=(9, 10, 11))
+    if np.dtype(dtype).kind != "u":
+        pred64[0, 0, :4] = -3
+    if np.dtype(dtype) != np.int8:
+        ref64[1, :, :] = 255
+    expected = metrics.dice_scores(pred64, ref64, table)
+    got = metrics.dice_scores(pred64.astype(dtype), ref64.astype(dtype), table)
+    for e, g in zip(expected, got):
+        assert (math.isnan(e["dice"]) and math.isnan(g["dice"])) or e["dice"] == g["dice"]
+        assert (e["volume_pred_mm3"], e["volume_ref_mm3"]) == (g["volume_pred_mm3"], g["volume_ref_mm3"])
+    assert metrics.tissue_dice(pred64, ref64, table) == metrics.tissue_dice(pred64.astype(dtype),
+                                                                             ref64.astype(dtype), table)
+    # brute force for one label: ignore voxels out, -3/7/99 in no label
+    keep = ref64 != 255
+    p, r = (pred64 == 2) & keep, (ref64 == 2) & keep
+    assert {x["index"]: x for x in got}[2]["dice"] == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()))
+    assert {x["index"]: x for x in got}[2]["volume_pred_mm3"] == p.sum()
+    vols = metrics.label_volumes(pred64.astype(dtype), None, 1.0, table)
+    assert [r["volume_hard_mm3"] for r in vols["rows"]] == \
+        [float((pred64 == v).sum()) for v in table.values]
+    frac = metrics._largest_component_fractions(pred64.clip(0).astype(dtype), [2, 41, 3])
+    assert frac == metrics._largest_component_fractions(pred64.clip(0), [2, 41, 3])

@@ -51,27 +51,41 @@ def test_dask_plugin_local_cluster_and_mem(bids_dir, model_dir, tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("plugin, resources", [
-    ("slurm", ["sbatch_args=--time=00:05:00"]),
-    ("sge", ["default_qsub_args=-l h_rt=00:05:00", "collect_jobs_delay=0"]),  # the project's SGE worker
+@pytest.mark.parametrize("plugin, resources, granularity", [
+    ("slurm", ["sbatch_args=--time=00:05:00"], "task"),
+    ("slurm", ["sbatch_args=--time=00:05:00"], "image"),
+    ("sge", ["default_qsub_args=-l h_rt=00:05:00", "collect_jobs_delay=0"], "task"),  # the project's SGE worker
+    ("sge", ["default_qsub_args=-l h_rt=00:05:00", "collect_jobs_delay=0"], "image"),
 ])
-def test_cluster_plugin_with_standin_scheduler(bids_dir, model_dir, tmp_path, monkeypatch, plugin, resources):
+def test_cluster_plugin_with_standin_scheduler(bids_dir, model_dir, tmp_path, monkeypatch, plugin, resources,
+                                               granularity):
     state = tmp_path / "scheduler"
     monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("HPC_STANDIN_STATE", str(state))
     out, work = tmp_path / "out", tmp_path / "work"
-    proc = run_cli(bids_dir, out, "participant", "--model", model_dir, "-w", work, "--participant-label", "01",
-                   "--nprocs", "1", "--plugin", plugin, "--plugin-args", "poll_delay=0", *resources, timeout=280)
+    base = (bids_dir, out, "participant", "--model", model_dir, "-w", work, "--participant-label", "01",
+            "--nprocs", "1", "--plugin", plugin, "--cluster-jobs", granularity, "--plugin-args", "poll_delay=0",
+            *resources)
+    proc = run_cli(*base, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["status"] for r in read_summary(out)] == ["ok"]
     assert (out / "sub-01" / "anat" / "sub-01_dseg.json").is_file()
-    # every node (check, segment, measures, figures, result) went through the scheduler with the
-    # user's resource request, and ran (SGE may submit measures and figures, ready together, as one array)
+    # task: every node (check, segment, measures, figures, result) went through the scheduler
+    # (SGE may submit measures and figures, ready together, as one array); image: one job ran
+    # them all. Either way with the user's resource request, and each job ran.
     submissions = sorted(state.glob("*.args"))
-    assert len(submissions) == 5 if plugin == "slurm" else 4 <= len(submissions) <= 5
+    if granularity == "image":
+        assert len(submissions) == 1
+        assert len(list(work.glob("python-*/result/info.json"))) == 1  # the tasks kept their own cache
+    else:
+        assert len(submissions) == 5 if plugin == "slurm" else 4 <= len(submissions) <= 5
     request = resources[0].split("=", 1)[1]
     assert all(request in a.read_text() for a in submissions)
     assert {(state / f"{a.name.split('.')[0]}.rc").read_text().strip() for a in submissions} == {"0"}
+    if granularity == "image":  # a rerun finds the image complete: skipped, nothing submitted
+        proc = run_cli(*base, timeout=280)
+        assert proc.returncode == 0 and [r["status"] for r in read_summary(out)] == ["skipped"]
+        assert len(list(state.glob("*.args"))) == 1
 
 
 def test_unknown_plugin_args_exit_2_before_writing(bids_dir, model_dir, tmp_path):
@@ -147,3 +161,23 @@ def test_output_spaces_end_to_end(bids_dir, model_dir, tmp_path, tf_home, monkey
     assert not image_is_complete(out, {"subject": "01"}, spaces=[TEST_TEMPLATE, SECOND])
     xfm.unlink()
     assert not image_is_complete(out, {"subject": "01"}, spaces=[TEST_TEMPLATE])
+
+
+@pytest.mark.timeout(300)
+def test_one_job_per_image_isolates_a_failing_image(bids_dir, model_dir, tmp_path, monkeypatch):
+    """--cluster-jobs image: a broken image fails its own job only, and its error (file and
+    reason) reaches the summary as with one job per task."""
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HPC_STANDIN_STATE", str(tmp_path / "scheduler"))
+    bad = image_path(bids_dir, "02", "1")
+    bad.write_bytes(bad.read_bytes()[:300])
+    out = tmp_path / "out"
+    proc = run_cli(bids_dir, out, "participant", "--model", model_dir, "-w", tmp_path / "work",
+                   "--participant-label", "02", "--nprocs", "1", "--plugin", "slurm",
+                   "--plugin-args", "poll_delay=0", timeout=280)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    rows = read_summary(out)
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert str(bad) in rows[0]["error"] and "truncated" in rows[0]["error"]
+    assert len(list((tmp_path / "scheduler").glob("*.args"))) == 2
+    assert not (out / "sub-02" / "ses-1").exists()

@@ -92,12 +92,12 @@ def _slice_positions(mask: np.ndarray, axis: int, n: int) -> list[int]:
     return sorted({int(round(p)) for p in np.linspace(lo + 0.15 * (hi - lo), lo + 0.85 * (hi - lo), n)})
 
 
-def _crop_box(grey: np.ndarray, lab: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Box of ``(X, Y, Z)`` holding the labels (without labels: visible intensity), ``margin``
-    voxels wider."""
-    content = lab > 0 if (lab > 0).any() else grey > 0.05
+def _crop_box(grey: np.ndarray | None, lab: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Box of ``(X, Y, Z)`` holding the labels (without labels: the visible intensity of the
+    normalised ``grey``, needed only then), ``margin`` voxels wider."""
+    content = lab > 0 if grey is None or (lab > 0).any() else grey > 0.05
     if not content.any():
-        return tuple(slice(0, n) for n in grey.shape)
+        return tuple(slice(0, n) for n in lab.shape)
     box = []
     for axis in range(3):
         present = np.flatnonzero(content.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -113,7 +113,7 @@ def _load_labels(path, shape, image_path) -> np.ndarray:
     lab = lab.reshape(lab.shape[:3]) if lab.ndim == 4 and lab.shape[3] == 1 else lab
     if lab.shape != shape:
         raise InputError(f"{path}: grid {lab.shape} differs from image {image_path} {shape}")
-    return np.rint(lab).astype(np.int32)
+    return lab.astype(np.int32) if lab.dtype.kind in "ui" else np.rint(lab).astype(np.int32)
 
 
 def _load_pair(image_path, dseg_path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,12 +133,14 @@ def _load_pair(image_path, dseg_path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return data, lab, affine
 
 
-def _normalise(data: np.ndarray) -> np.ndarray:
-    """Grey values scaled to 0-1 between the 1st and 99.5th percentiles."""
+def _normalise(data: np.ndarray, box: tuple[slice, ...] | None = None) -> np.ndarray:
+    """Grey values of ``data[box]`` (default: all) scaled to 0-1 between the 1st and 99.5th
+    percentiles of the whole image (every second voxel along each axis)."""
     sample = data[::2, ::2, ::2]
     sample = sample[np.isfinite(sample)]
     lo, hi = np.percentile(sample, (1, 99.5)) if sample.size else (0.0, 1.0)
-    grey = np.nan_to_num((data - lo) / max(hi - lo, 1e-6), nan=0.0, posinf=1.0, neginf=0.0)
+    part = data if box is None else data[box]
+    grey = np.nan_to_num((part - lo) / max(hi - lo, 1e-6), nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(grey, 0, 1, out=grey)
 
 
@@ -147,12 +149,11 @@ class _Volumes:
 
     def __init__(self, image_path, dseg_path, labels, reference_path=None):
         data, lab, affine = _load_pair(image_path, dseg_path)
-        grey = _normalise(data)
         ref = _load_labels(reference_path, data.shape, image_path) if reference_path else None
-        box = _crop_box(grey, lab, margin=6)
+        box = _crop_box(None if (lab > 0).any() else _normalise(data), lab, margin=6)
         self.affine = affine.copy()
         self.affine[:3, 3] = affine[:3, :3] @ [b.start for b in box] + affine[:3, 3]
-        self.grey = grey[box]
+        self.grey = _normalise(data, box)
         entries = label_entries(labels)
         self.colours = [display_colour(e["color"]) for e in entries] + ["#808080"]
         lut = np.full(int(max(lab.max(), ref.max() if ref is not None else 0, 0)) + 1, len(entries) + 1, np.int16)

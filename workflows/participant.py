@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fileformats.generic import Directory
-from pydra.compose import workflow
+from pydra.compose import python, workflow
 
 from l2s_pipelines.workflows.result_tasks import MeasureSegmentation, PlotSegmentation, WriteResult
 from l2s_pipelines.workflows.tasks import CheckImage, SegmentImage
@@ -190,28 +190,60 @@ def node_name(index: int, entities: dict) -> str:
     return "_".join(p for p in parts if p)
 
 
+@python.define(outputs=["out_dir", "spaces_dir"])
+def ImageJob(image: dict, cache_root: str) -> tuple[str, str]:
+    """One image's :class:`SingleImageWf` (keyword inputs ``image``) run to the end inside this
+    one job, by Pydra's ``debug`` worker, with the same cache folder ``cache_root``: its tasks
+    keep their own cache entries (a figure change still reruns the figures only, and the
+    driver finds the result by the image's workflow task), but a cluster scheduler sees one
+    job per image instead of one per task. Returns the result folder and the ``spaces/``
+    folder (``""`` without template spaces); raises the image's error."""
+    from pydra.engine.submitter import Submitter
+
+    with Submitter(worker="debug", cache_root=cache_root) as sub:
+        res = sub(SingleImageWf(**image), raise_errors=True)
+    spaces = res.outputs.spaces_dir
+    return str(res.outputs.out_dir), str(spaces) if spaces is not None else ""
+
+
+#: ``--cluster-jobs`` choices: ``image`` (one scheduler job per image, :class:`ImageJob`) or
+#: ``task`` (one job per Pydra task: check, segment, measures, figures, result).
+JOB_GRANULARITIES = ("image", "task")
+
+
 @workflow.define(outputs=["n_images"])
-def ParticipantWf(images: list) -> int:
+def ParticipantWf(images: list, job_per_image: bool = False, cache_root: str = "") -> int:
     """One :class:`SingleImageWf` node per entry of ``images`` (dicts of its keyword inputs,
-    plus ``entities`` for the node name)."""
+    plus ``entities`` for the node name); with ``job_per_image``, one :class:`ImageJob` node
+    each instead, running that workflow inside one job with the cache ``cache_root``."""
     for i, spec in enumerate(images):
         kwargs = {k: v for k, v in spec.items() if k != "entities"}
-        workflow.add(SingleImageWf(**kwargs), name=node_name(i, spec.get("entities", {})))
+        name = node_name(i, spec.get("entities", {}))
+        if job_per_image:
+            workflow.add(ImageJob(image=kwargs, cache_root=cache_root), name=name)
+        else:
+            workflow.add(SingleImageWf(**kwargs), name=name)
     return len(images)
 
 
-def init_participant_wf(*, image_tasks: list, entities: list[dict] | None = None):
+def init_participant_wf(*, image_tasks: list, entities: list[dict] | None = None,
+                        job_per_image: bool = False, cache_root=""):
     """The participant workflow over the given single-image workflow tasks.
 
     ``image_tasks`` are made by :func:`init_single_image_wf`; ``entities`` (same length) only
-    name the nodes. Returns ``(workflow_task, image_tasks)``: the driver looks each image's
-    result up by its own task (:func:`l2s_pipelines.workflows.execution.job_dir`).
+    name the nodes. ``job_per_image`` (cluster workers): each image runs as one job
+    (:class:`ImageJob`, caching in ``cache_root``, the submitter's work folder). Returns
+    ``(workflow_task, image_tasks)``: the driver looks each image's result up by its own task
+    (:func:`l2s_pipelines.workflows.execution.job_dir`), in either mode.
     """
     from pydra.utils.general import attrs_values
 
+    if job_per_image and not cache_root:
+        raise ValueError("job_per_image needs the cache_root of the submitter")
     entities = entities or [{} for _ in image_tasks]
     specs = [dict(attrs_values(t), entities=e) for t, e in zip(image_tasks, entities)]
-    return ParticipantWf(images=specs), list(image_tasks)
+    return (ParticipantWf(images=specs, job_per_image=bool(job_per_image), cache_root=str(cache_root)),
+            list(image_tasks))
 
 
 def boilerplate(*, manifest: dict, suffix: str = "T1w") -> str:

@@ -77,6 +77,12 @@ class LabelTable:
             if dst not in known:
                 raise ValueError(f"source_map target {dst} (from {src}) is not in the table")
 
+    def partner_channels(self) -> list[int]:
+        """Channel index of each channel's left/right partner (itself when unpaired): the
+        channel order of a left-right mirrored prediction."""
+        index = {v: i for i, v in enumerate(self.values)}
+        return [index[p] for p in self.lr_partner]
+
     def __len__(self) -> int:
         return len(self.values)
 

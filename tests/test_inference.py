@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 TABLE = LabelTable.default()
 
 
-def make_package(path, *, ndim=2, mode="2d", planes=("axial",), pointwise=False, patch=None, blending="gaussian"):
+def make_package(path, *, ndim=2, mode="2d", planes=("axial",), pointwise=False, patch=None, blending="gaussian",
+                 flip_lr=False):
     """Write a tiny untrained package (tests only). ``pointwise``: one level, centre taps only,
     so each voxel's output depends on that voxel alone."""
     torch.manual_seed(1)
@@ -34,7 +35,7 @@ def make_package(path, *, ndim=2, mode="2d", planes=("axial",), pointwise=False,
     manifest = {"name": "test-tiny", "architecture": cfg.to_dict(), "labels": TABLE.to_dict()["labels"],
                 "preprocessing": {"voxel_size_mm": [1.0, 1.0, 1.0], "percentiles": [1, 99]},
                 "inference": {"mode": mode, "planes": list(planes), "patch_size": patch, "overlap": 0.5,
-                              "blending": blending}}
+                              "blending": blending, "flip_lr": flip_lr}}
     return save_model_package(path, model, manifest), model
 
 
@@ -92,6 +93,24 @@ def test_native_posteriors_are_pointwise_predictions(tmp_path):
     with torch.no_grad():
         expected = torch.softmax(model(x[:, None]), dim=1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(res.posteriors, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("ndim,mode", [(2, "2.5d"), (3, "3d")])
+def test_flip_lr_averages_with_the_mirrored_prediction_labels_swapped(tmp_path, ndim, mode):
+    """``inference.flip_lr``: with a pointwise net the mirrored volume gives, at the mirrored
+    voxel, the same output, so the result is the mean of p and p with left/right channels
+    swapped (e.g. Left-Hippocampus <-> Right-Hippocampus), at every voxel of an oblique input."""
+    kw = {"planes": ["axial", "coronal"]} if ndim == 2 else {"patch": [8, 8, 8]}
+    plain_pkg, model = make_package(tmp_path / "a", ndim=ndim, mode=mode, pointwise=True, **kw)
+    flip_pkg, _ = make_package(tmp_path / "b", ndim=ndim, mode=mode, pointwise=True, flip_lr=True, **kw)
+    img = blob_image((9, 11, 7), oblique_affine(perm=(0, 2, 1), flips=(-1, -1, 1)))
+    plain = Segmenter.from_package(plain_pkg, device="cpu").segment(img)
+    flipped = Segmenter.from_package(flip_pkg, device="cpu").segment(img)
+    perm = TABLE.partner_channels()
+    assert perm[TABLE.values.index(17)] == TABLE.values.index(53)  # hippocampus L -> R
+    np.testing.assert_allclose(flipped.posteriors, 0.5 * (plain.posteriors + plain.posteriors[..., perm]),
+                               atol=1e-5)
+    assert not np.allclose(flipped.posteriors, plain.posteriors, atol=1e-3)  # the flip did something
 
 
 def test_planes_and_sliding_window_agree_for_pointwise_nets(tmp_path):

@@ -123,6 +123,7 @@ BAD_MANIFESTS = {
     "patch_3d": (lambda m: (m["architecture"].update(ndim=3), m["inference"].update(mode="3d", patch_size=[64, 64])),
                  "inference.patch_size"),
     "mode": (_set("inference.mode", "3d"), "inference.mode"),
+    "flip_lr": (_set("inference.flip_lr", "yes"), "inference.flip_lr"),
     "percentiles": (_set("preprocessing.percentiles", [99, 1]), "percentiles"),
     "colour": (_set("labels.1.color", "not-a-colour"), "colour of label 2"),
     "colour_type": (_set("labels.1.color", [1, 2, 3]), "colour of label 2"),

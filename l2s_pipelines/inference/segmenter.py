@@ -4,7 +4,9 @@ Steps of :meth:`Segmenter.segment`: input checks; reorientation to RAS; resampli
 voxel size (``manifest.preprocessing.voxel_size_mm``, linear); percentile intensity
 normalisation exactly as at training (:func:`~l2s_pipelines.io.preprocess.normalise_intensity`);
 crop to the bounding box of non-zero normalised intensity (plus a margin); prediction (2D slices,
-2.5D = mean of softmax over planes, 3D sliding window); model-space posteriors mapped back to
+2.5D = mean of softmax over planes, 3D sliding window; with the manifest's
+``inference.flip_lr``, averaged with the prediction of the left-right mirrored volume, mirrored
+back with left and right labels swapped); model-space posteriors mapped back to
 the native grid (:mod:`.resample`), renormalised, argmax -> label values.
 
 Memory: the model-space posteriors cover the crop box only (float16 when large), and the native
@@ -152,6 +154,7 @@ class Segmenter:
         self.patch_size = inf.get("patch_size") if self.mode == "3d" else None
         self.overlap = float(inf.get("overlap", 0.5))
         self.blending = inf.get("blending", "gaussian")
+        self.flip_lr = bool(inf.get("flip_lr", False))
         pre = manifest["preprocessing"]
         self.voxel_size = tuple(float(v) for v in np.broadcast_to(pre.get("voxel_size_mm", 1.0), (3,)))
         self.percentiles = tuple(pre.get("percentiles", (1, 99)))
@@ -206,16 +209,23 @@ class Segmenter:
         sub = vol[box]
         self._check_box(vol.numel(), sub.numel(), name)
         k = len(self.labels)
-        big = k * sub.numel() * 4 > self.max_buffer_bytes
-        post = torch.empty((k, *sub.shape), dtype=torch.float16 if big else torch.float32, device=self.device)
-        if self.mode == "3d":
-            self._check_window_count(tuple(sub.shape))
-            predict_sliding_window(self.model, sub, post, patch_size=self.patch_size, overlap=self.overlap,
-                                   blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
-        else:
-            predict_planes(self.model, sub, post, self.planes,
-                           activation_budget_bytes=self.activation_budget_bytes)
+        big = k * sub.numel() * 4 * (1 + self.flip_lr) > self.max_buffer_bytes
+        dtype = torch.float16 if big else torch.float32
+        post = self._predict(sub, torch.empty((k, *sub.shape), dtype=dtype, device=self.device))
+        if self.flip_lr:  # mirror test-time augmentation: x -> -x, left and right labels swapped
+            mirrored = self._predict(sub.flip(0), torch.empty_like(post)).flip(1)
+            perm = torch.as_tensor(self.labels.partner_channels(), device=self.device)
+            post += mirrored[perm]
+            post *= 0.5
         return post, tuple(b.start for b in box)
+
+    def _predict(self, vol: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Posteriors ``(K, *vol.shape)`` of the network over ``vol`` into ``out``."""
+        if self.mode == "3d":
+            self._check_window_count(tuple(vol.shape))
+            return predict_sliding_window(self.model, vol, out, patch_size=self.patch_size, overlap=self.overlap,
+                                          blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
+        return predict_planes(self.model, vol, out, self.planes, activation_budget_bytes=self.activation_budget_bytes)
 
     def _posteriors_array(self, shape, dtype: str):
         """Preallocated native posteriors ``(*shape, K)`` (float32 or uint8) and their scale."""

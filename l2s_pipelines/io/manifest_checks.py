@@ -119,6 +119,8 @@ def _check_inference(inf, ndim: int, where) -> None:
         raise ModelError(f"{where}: inference.overlap must be a number of 0 to {MAX_OVERLAP}")
     if inf.get("blending", "gaussian") not in ("gaussian", "constant"):
         raise ModelError(f"{where}: inference.blending must be 'gaussian' or 'constant'")
+    if not isinstance(inf.get("flip_lr", False), bool):
+        raise ModelError(f"{where}: inference.flip_lr must be true or false")
 
 
 def _label_rows(labels):

@@ -14,10 +14,12 @@ import io
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from l2s_pipelines.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported by the methods that need it: the BIDS driver never does
+    import torch
 
 #: Target value for voxels that losses and Dice must skip (reference label 255).
 IGNORE_INDEX = -100
@@ -76,12 +78,6 @@ class LabelTable:
         for src, dst in self.source_map.items():
             if dst not in known:
                 raise ValueError(f"source_map target {dst} (from {src}) is not in the table")
-
-    def partner_channels(self) -> list[int]:
-        """Channel index of each channel's left/right partner (itself when unpaired): the
-        channel order of a left-right mirrored prediction."""
-        index = {v: i for i, v in enumerate(self.values)}
-        return [index[p] for p in self.lr_partner]
 
     def __len__(self) -> int:
         return len(self.values)
@@ -196,6 +192,8 @@ class LabelTable:
         Unknown labels -> 0 (background); ``source_map`` labels (lesions) -> their target's
         channel; 255 -> :data:`IGNORE_INDEX`.
         """
+        import torch
+
         size = max(int(max_value), IGNORE_VALUE) + 1
         lut = torch.zeros(size, dtype=torch.long)
         for src, dst in self.source_map.items():
@@ -213,7 +211,10 @@ class LabelTable:
         return lut.to(label_map.device)[label_map.long()]
 
     def channel_flip_lut(self) -> torch.Tensor:
-        """LongTensor ``(K,)``: channel index -> channel index of its left/right partner."""
+        """LongTensor ``(K,)``: channel index -> channel index of its left/right partner (the
+        channel order of a left-right mirrored prediction)."""
+        import torch
+
         return torch.tensor([self.index_of(p) for p in self.lr_partner], dtype=torch.long)
 
     def partner_of(self, value: int) -> int:

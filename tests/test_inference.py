@@ -106,7 +106,7 @@ def test_flip_lr_averages_with_the_mirrored_prediction_labels_swapped(tmp_path, 
     img = blob_image((9, 11, 7), oblique_affine(perm=(0, 2, 1), flips=(-1, -1, 1)))
     plain = Segmenter.from_package(plain_pkg, device="cpu").segment(img)
     flipped = Segmenter.from_package(flip_pkg, device="cpu").segment(img)
-    perm = TABLE.partner_channels()
+    perm = TABLE.channel_flip_lut().tolist()
     assert perm[TABLE.values.index(17)] == TABLE.values.index(53)  # hippocampus L -> R
     np.testing.assert_allclose(flipped.posteriors, 0.5 * (plain.posteriors + plain.posteriors[..., perm]),
                                atol=1e-5)

@@ -35,3 +35,19 @@ def test_layer_imports_only_downwards(layer):
             if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[layer]):
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_bids_driver_modules_import_neither_torch_nor_matplotlib():
+    """The l2s-bids driver process (options, queries, derivatives, reports, the workflow
+    factories and the run loop) leaves torch and matplotlib to the worker processes that need
+    them: each would add about a second to every run, a no-op rerun included."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import l2s_pipelines.bids_app.run, l2s_pipelines.bids_app.derivatives, l2s_pipelines.bids_app.report\n"
+            "import l2s_pipelines.bids_app.queries, l2s_pipelines.bids_app.runlog\n"
+            "import l2s_pipelines.workflows.participant, l2s_pipelines.workflows.execution\n"
+            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

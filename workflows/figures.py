@@ -20,18 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-
-from l2s_pipelines.errors import InputError  # noqa: E402
-from l2s_pipelines.labels import DEFAULT_SOURCE_MAP, IGNORE_VALUE, LabelTable  # noqa: E402
-from l2s_pipelines.planes import PLANE_AXIS as _PLANE_AXIS  # noqa: E402
-from l2s_pipelines.planes import PLANES  # noqa: E402
+from l2s_pipelines.errors import InputError
+from l2s_pipelines.labels import DEFAULT_SOURCE_MAP, IGNORE_VALUE, LabelTable
+from l2s_pipelines.planes import PLANE_AXIS as _PLANE_AXIS
+from l2s_pipelines.planes import PLANES
 
 #: nilearn's display mode for each plane (RAS axis sliced through: ``_PLANE_AXIS``).
 _DISPLAY_MODE = {"sagittal": "x", "coronal": "y", "axial": "z"}
@@ -45,6 +40,17 @@ DISAGREEMENT_COLOUR = "#ff00ff"
 _ACHROMATIC_CHROMA = 0.12
 _TILE_WIDTH_IN = 2.0
 _DPI = 100
+
+
+def _pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend, imported on first use (the
+    reports import this module's colours without paying for matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def label_entries(labels) -> list[dict]:
@@ -213,6 +219,8 @@ def _overlay(display, vols: _Volumes, index: np.ndarray, colours: list[str], alp
     """Values 1..len(colours) of ``index`` drawn in those colours (0 transparent, no resampling)."""
     if not (index > 0).any():
         return
+    from matplotlib.colors import ListedColormap
+
     display.add_overlay(vols.image(index), threshold=0.5, cmap=ListedColormap(colours), vmin=0.5,
                         vmax=len(colours) + 0.5, transparency=alpha, resampling_interpolation="nearest",
                         interpolation="nearest")
@@ -234,7 +242,7 @@ def _figure(vols: _Volumes, planes, n: int, caption_in: float = 0.0) -> tuple:
     width = _TILE_WIDTH_IN * n
     heights = [max(_TILE_WIDTH_IN * vols.aspect(p), 1.0) for p in planes]
     total = sum(heights) + caption_in
-    return plt.figure(figsize=(width, total), facecolor="k"), [h / total for h in heights]
+    return _pyplot().figure(figsize=(width, total), facecolor="k"), [h / total for h in heights]
 
 
 def plot_segmentation_mosaics(image_path, dseg_path, labels, out_dir, *, reference_path=None,
@@ -276,7 +284,7 @@ def plot_segmentation_mosaics(image_path, dseg_path, labels, out_dir, *, referen
         _annotate(display, plane, coords)
         path = out_dir / f"mosaic_{plane}.png"
         fig.savefig(path, dpi=_DPI, facecolor="k")
-        plt.close(fig)
+        _pyplot().close(fig)
         paths.append(str(path))
     if vols.reference is not None:
         paths.append(str(plot_disagreement(vols, out_dir / "mosaic_disagreement.png", n_slices)))
@@ -311,5 +319,5 @@ def plot_disagreement(vols: _Volumes, path, n_slices: int = 6) -> Path:
              fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=_DPI, facecolor="k")
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

@@ -214,7 +214,7 @@ class Segmenter:
         post = self._predict(sub, torch.empty((k, *sub.shape), dtype=dtype, device=self.device))
         if self.flip_lr:  # mirror test-time augmentation: x -> -x, left and right labels swapped
             mirrored = self._predict(sub.flip(0), torch.empty_like(post)).flip(1)
-            perm = torch.as_tensor(self.labels.partner_channels(), device=self.device)
+            perm = self.labels.channel_flip_lut().to(self.device)
             post += mirrored[perm]
             post *= 0.5
         return post, tuple(b.start for b in box)

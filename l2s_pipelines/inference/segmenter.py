@@ -347,7 +347,7 @@ class Segmenter:
             outside += n_slab - probs[..., 0].numel()
             labels = values[probs.argmax(-1)]
             dseg[region] = labels.cpu().numpy()
-            soft += probs.reshape(-1, k).sum(0, dtype=torch.float64)
+            soft += probs.reshape(-1, k).sum(0).double()  # float32 pairwise sum per block, then float64
             brain = labels != 0
             conf_sum += float(probs.amax(-1)[brain].sum(dtype=torch.float64))
             conf_n += int(brain.sum())

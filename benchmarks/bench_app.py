@@ -7,11 +7,14 @@ Usage::
 
 Overhead (``results/app_overhead.json``): on one 1 mm 256^3 T1w (FreeSurfer's ``bert``), wall time
 of (a) a fresh Python process that imports the library, loads the model package, runs
-``Segmenter.segment`` and writes ``dseg.nii.gz`` + ``volumes.tsv``, against (b) a fresh
-``l2s-bids BIDS OUT participant`` process on a one-subject BIDS dataset holding that image (pybids
-indexing, Pydra ``cf`` worker, checks, QC, figures, derivatives, subject report). The two are
-alternated ``--repeats`` times in one run; medians and ``overhead = median(b) / median(a) - 1``.
-The breakdown comes from (a)'s own stage timer and from (b)'s ``_dseg.json`` sidecar
+``Segmenter.segment`` and writes ``dseg.nii.gz`` + ``volumes.tsv``; (c) the same plus the QC
+flags and the report figures, made by the library functions the app's tasks call
+(``bench_app_children.py``); (b) a fresh ``l2s-bids BIDS OUT participant`` process on a
+one-subject BIDS dataset holding that image (pybids indexing, Pydra ``cf`` worker, checks, QC,
+figures, derivatives, subject report). The three are alternated ``--repeats`` times in one run;
+medians, ``overhead = median(b) / median(a) - 1`` (against the bare call) and
+``overhead_same_outputs = median(b) / median(c) - 1`` (the BIDS App and Pydra themselves). The
+breakdown comes from (a)'s and (c)'s own stage timers and from (b)'s ``_dseg.json`` sidecar
 (``RuntimeSeconds``, ``TimingsSeconds``) and its log timestamps.
 
 Throughput (``results/app_throughput.json``): ``--n-images`` copies of the 2 mm IXI scans of
@@ -48,49 +51,8 @@ BERT = DATA / "bids_real" / "sub-bert" / "anat" / "sub-bert_rec-fsnorm_T1w.nii.g
 IXI = sorted((DATA / "bids_real").glob("sub-ixi*/anat/sub-ixi*_T1w.nii.gz"))
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
-
-
-# ----------------------------------------------------------------------------- child: direct call
-def direct_child(model: str, image: str, out_dir: str, threads: int, device: str) -> dict:
-    """Path (a): the segmenter called directly, with the settings the ``SegmentImage`` task uses
-    (memory budget per worker, no native posteriors kept, soft volumes from ``soft_sums``).
-    Returns stage seconds (``import`` counts the library imports of this fresh process) and
-    peak RSS (MiB)."""
-    import resource
-
-    t = {}
-    t0 = time.perf_counter()
-    import nibabel as nib
-    import numpy as np
-
-    from l2s_pipelines import metrics
-    from l2s_pipelines.inference import Segmenter
-    from l2s_pipelines.inference.memory import auto_memory_budget
-    from l2s_pipelines.inference.segmenter import cpu_allocation
-
-    t["import"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    budget = auto_memory_budget(workers=max(1, cpu_allocation() // threads))
-    seg = Segmenter.from_package(model, device, threads=threads, memory_budget_bytes=budget)
-    t["load_model"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    img = nib.load(image)
-    res = seg.segment(img, source_name=image, return_posteriors=False)
-    t["segment"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    nib.save(res.dseg_image(), out / "dseg.nii.gz")
-    t["write_dseg"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    vols = metrics.label_volumes(np.asarray(res.dseg), None, img.affine, res.label_table, soft_sums=res.soft_sums)
-    metrics.write_tsv(vols["rows"], out / "volumes.tsv", metrics.VOLUME_COLUMNS)
-    t["volumes"] = time.perf_counter() - t1
-    t["total_in_process"] = time.perf_counter() - t0
-    return {"stages_s": {k: round(v, 3) for k, v in t.items()},
-            "segmenter_timings_s": {k: round(float(v), 3) for k, v in res.timings_s.items()},
-            "device": res.device,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+sys.path.insert(0, str(HERE))
+from bench_app_children import direct_child  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- datasets and model
@@ -267,13 +229,17 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
     env = child_env(args.threads)
     # untimed: load the libraries once so the first timed process does not pay a cold page cache
     subprocess.run([sys.executable, "-c", "import torch, nibabel, pydra, bids, matplotlib"], env=env, check=True)
-    direct, app = [], []
+    direct, same, app = [], [], []
     for r in range(args.repeats):
-        out_a = tmp / f"direct_{r}"
-        cmd_a = [sys.executable, str(Path(__file__).resolve()), "_direct", str(model),
-                 str(bids / "sub-bench/anat/sub-bench_T1w.nii.gz"), str(out_a), str(args.threads), args.device]
-        wall, _, text = timed(cmd_a, env, tmp / f"direct_{r}.log")
-        direct.append({"wall_s": round(wall, 3), **json.loads(text.strip().splitlines()[-1])})
+        cmds = {}
+        for kind, runs in (("bare", direct), ("same_outputs", same)):
+            out_a = tmp / f"direct_{kind}_{r}"
+            cmds[kind] = [sys.executable, str(Path(__file__).resolve()), "_direct", str(model),
+                          str(bids / "sub-bench/anat/sub-bench_T1w.nii.gz"), str(out_a), str(args.threads),
+                          args.device, kind]
+            wall, _, text = timed(cmds[kind], env, tmp / f"direct_{kind}_{r}.log")
+            runs.append({"wall_s": round(wall, 3), **json.loads(text.strip().splitlines()[-1])})
+            shutil.rmtree(out_a)
         out_b, work_b = tmp / f"app_out_{r}", tmp / f"app_work_{r}"
         cmd_b = app_command(bids, out_b, work_b, model, 1, args.threads, args.device)
         wall, start, text = timed(cmd_b, env, tmp / f"app_{r}.log")
@@ -281,25 +247,35 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
         if status != ["ok"]:
             raise SystemExit(f"l2s-bids run {r}: statuses {status}; log in {tmp / f'app_{r}.log'}")
         app.append(app_breakdown(out_b, wall, text, start))
-        print(f"repeat {r}: direct {direct[-1]['wall_s']:.1f} s, l2s-bids {app[-1]['wall_s']:.1f} s", flush=True)
-        for folder in (out_a, out_b, work_b):
+        print(f"repeat {r}: direct {direct[-1]['wall_s']:.1f} s, direct with QC and figures "
+              f"{same[-1]['wall_s']:.1f} s, l2s-bids {app[-1]['wall_s']:.1f} s", flush=True)
+        for folder in (out_b, work_b):
             shutil.rmtree(folder)
-    ma, mb = median([d["wall_s"] for d in direct]), median([a["wall_s"] for a in app])
+    ma, mc, mb = (median([d["wall_s"] for d in runs]) for runs in (direct, same, app))
     # the segmenter's own time varies with machine load; the work outside it is steadier
-    outside_a = median([d["wall_s"] - d["segmenter_timings_s"]["total"] for d in direct])
+    outside_a, outside_c = (median([d["wall_s"] - d["segmenter_timings_s"]["total"] for d in runs])
+                            for runs in (direct, same))
     outside_b = median([a["wall_s"] - a["segmenter_timings_s"]["total"] for a in app
                         if a["segmenter_timings_s"]])
-    return {"direct": {"command": " ".join(cmd_a), "runs": direct, "median_wall_s": ma,
+    rel = lambda b, a, base: None if b is None else round((b - a) / base, 4)  # noqa: E731
+    return {"direct": {"command": " ".join(cmds["bare"]), "runs": direct, "median_wall_s": ma,
                        "median_outside_segmenter_s": outside_a},
+            "direct_same_outputs": {"command": " ".join(cmds["same_outputs"]), "runs": same, "median_wall_s": mc,
+                                    "median_outside_segmenter_s": outside_c},
             "app": {"command": " ".join(cmd_b), "runs": app, "median_wall_s": mb,
                     "median_outside_segmenter_s": outside_b},
             "overhead": round(mb / ma - 1, 4), "overhead_target": "at most 0.05 (issue 11)",
-            "overhead_outside_segmenter": None if outside_b is None else round((outside_b - outside_a) / ma, 4),
+            "overhead_same_outputs": round(mb / mc - 1, 4),
+            "overhead_outside_segmenter": rel(outside_b, outside_a, ma),
+            "overhead_same_outputs_outside_segmenter": rel(outside_b, outside_c, mc),
             "overhead_definitions": {
                 "overhead": "median wall (b) / median wall (a) - 1, whole processes",
+                "overhead_same_outputs": "median wall (b) / median wall (c) - 1: the BIDS App and Pydra "
+                                         "themselves, the QC and figures being made by both",
                 "overhead_outside_segmenter": "(median of (b) wall minus its Segmenter.segment total, minus the "
                                               "same for (a)) / median wall (a): less sensitive to load noise "
-                                              "in the segmenter itself"}}
+                                              "in the segmenter itself",
+                "overhead_same_outputs_outside_segmenter": "the same with (c) in place of (a)"}}
 
 
 def bench_throughput(args, model: Path, tmp: Path) -> dict:
@@ -354,8 +330,8 @@ def write_result(path: Path, doc: dict) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_direct"]:  # child process of the overhead benchmark
-        model, image, out, threads, device = argv[1:6]
-        print(json.dumps(direct_child(model, image, out, int(threads), device)))
+        model, image, out, threads, device, kind = argv[1:7]
+        print(json.dumps(direct_child(model, image, out, int(threads), device, same_outputs=kind == "same_outputs")))
         return 0
     from l2s_pipelines.bids_app.options import available_cpus
 
@@ -363,7 +339,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, help="model package (default: the bundled one)")
     ap.add_argument("--standin", action="store_true", help="untrained 2.5D 2 mm package (timings only)")
     ap.add_argument("--input", type=Path, default=BERT, help="1 mm 256^3 T1w for the overhead part")
-    ap.add_argument("--repeats", type=int, default=3, help="alternated (a)/(b) pairs")
+    ap.add_argument("--repeats", type=int, default=3, help="alternated (a)/(c)/(b) triples")
     ap.add_argument("--n-images", type=int, default=20, help="images of the throughput part")
     ap.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     ap.add_argument("--cpus", type=int, default=available_cpus(), help="CPUs shared by the jobs")

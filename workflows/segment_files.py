@@ -75,7 +75,8 @@ def write_measures(out_dir, *, result, affine, reference_data=None) -> dict:
     metrics.write_tsv(vols["rows"], out_dir / "volumes.tsv", metrics.VOLUME_COLUMNS)
     dice = None
     if reference_data is not None:
-        ref = np.asarray(reference_data).reshape(dseg.shape).astype(np.int64)
+        ref = np.asarray(reference_data).reshape(dseg.shape)
+        ref = ref if ref.dtype.kind in "ui" else ref.astype(np.int64)  # 8/16-bit maps: the fast lookup
         dice = metrics.dice_scores(dseg, ref, table, 255, affine)
         metrics.write_tsv(dice, out_dir / "dice.tsv", metrics.DICE_COLUMNS)
     flags = metrics.qc_flags(dseg, None, vols, table, mean_confidence=result.mean_max_posterior)

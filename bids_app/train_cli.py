@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--synth-val-size", type=int, default=None, metavar="N",
         help="synthetic validation images scored beside the real ones (tells under-training "
              "from a domain gap); default 0")
+    add("--time-budget-min", type=float, default=None, metavar="MIN",
+        help="stop, with a checkpoint and a package, once the run's training time (cumulative "
+             "over resumes) reaches MIN minutes: arms of a comparison at equal CPU time; default none")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add("--seed", type=int, default=0)
     add("--resume", action="store_true", help="continue from MODEL_DIR/training's last checkpoint")
@@ -272,6 +275,7 @@ def build_spec(args, argv: list[str]) -> dict:
         "amp": args.amp, "lr_schedule": args.lr_schedule, "lr_warmup": args.lr_warmup,
         "lr_end": args.lr_end, "schedule_steps": args.schedule_steps,
         "synth_val_size": args.synth_val_size,
+        "time_budget_s": None if args.time_budget_min is None else 60.0 * args.time_budget_min,
         "init_from": str(_package_dir(args.init_weights)) if args.init_weights else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,

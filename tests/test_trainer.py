@@ -198,3 +198,18 @@ def test_init_from_package_continues_steps_and_curves(tmp_path):
     with pytest.raises(ModelError, match="another architecture"):
         _run(tmp_path, _config(method="synthseg", steps=4, init_from=str(pkg),
                                unet={"widths": [4, 4], "convs_per_level": 1}), "bad")
+
+
+def test_time_budget_stops_with_checkpoint_and_package(tmp_path):
+    """``time_budget_s``: the run stops after the step whose cumulative time reaches the budget,
+    with a checkpoint and a package of that step (arms of an equal-CPU-time comparison); a
+    resume with a larger budget continues from there."""
+    res = _run(tmp_path, _config(steps=50, time_budget_s=1e-9))
+    recs = [json.loads(x) for x in res.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0] and res.steps == 1
+    _, manifest = load_model_package(res.package_dir)
+    assert manifest["training"]["steps"] == 1 and "(1 steps" in manifest["description"]
+    assert (tmp_path / "run" / "checkpoint").is_dir()
+    more = _run(tmp_path, _config(steps=3, time_budget_s=0.0), resume=True)
+    recs = [json.loads(x) for x in more.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 1, 2] and more.steps == 3

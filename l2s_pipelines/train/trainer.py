@@ -84,6 +84,7 @@ class TrainConfig:
     voxel_size_mm: tuple[float, ...] = (1.0, 1.0, 1.0)
     percentiles: tuple[float, float] = (1.0, 99.0)
     init_from: str = ""  # model package to start from (weights only; Adam restarts, lr re-warms)
+    time_budget_s: float = 0.0  # stop (checkpoint + package) once the run's cumulative ``time`` reaches it
     name: str = ""
     tune_subjects: tuple[str, ...] = ()
     command: str = ""
@@ -335,11 +336,15 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
         record["time"] = time.perf_counter() - t0
         log.write(record)
         progress.update(step, record)
-        if (step + 1) % c.checkpoint_every == 0 or step + 1 == total:
+        out_of_time = bool(c.time_budget_s) and record["time"] >= c.time_budget_s  # equal-CPU-time arms
+        if (step + 1) % c.checkpoint_every == 0 or step + 1 == total or out_of_time:
             save_training_state(ckpt_dir, step=step + 1, extra={"config": c.to_dict(), "restart": run.restart},
                                 **run.state_kwargs())
+        if out_of_time:
+            total = step + 1
+            break
     progress.close()
-    package = _save_package(run, out_dir / "model", real_train)
+    package = _save_package(run, out_dir / "model", real_train, steps=total)
     aug_log = run.augmenter.parameters_log() if run.augmenter is not None else {}
     return TrainResult(run.model, run.augmenter, package, log.path, last_dice, aug_log, total)
 
@@ -369,7 +374,9 @@ def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
     return start
 
 
-def _save_package(run: _Run, directory: Path, real_train) -> Path:
+def _save_package(run: _Run, directory: Path, real_train, steps: int) -> Path:
+    """The model package of ``run`` after ``steps`` steps (fewer than configured when the time
+    budget ran out)."""
     from l2s_pipelines.io.checkpoint import save_model_package
     c = run.config
     tune = list(c.tune_subjects) or list(getattr(real_train, "subjects", []) or [])
@@ -379,14 +386,14 @@ def _save_package(run: _Run, directory: Path, real_train) -> Path:
               for v, n, col in zip(run.table.values, run.table.names, run.table.colors)]
     manifest = {
         "name": c.name or f"l2s-{c.method}-{c.ndim}d",
-        "description": f"UNet trained with {c.method} ({c.total_steps} steps, seed {c.seed})",
+        "description": f"UNet trained with {c.method} ({steps} steps, seed {c.seed})",
         "architecture": run.model.config.to_dict(),
         "labels": labels,
         "preprocessing": {"orientation": "RAS", "voxel_size_mm": list(c.voxel_size_mm),
                           "intensity": "percentile", "percentiles": list(c.percentiles)},
         "inference": {"mode": f"{c.ndim}d", "planes": [c.plane] if c.ndim == 2 else [],
                       "patch_size": list(c.patch_size)},
-        "training": {"method": c.method, "steps": c.total_steps, "seed": c.seed, "tune_subjects": tune,
+        "training": {"method": c.method, "steps": steps, "seed": c.seed, "tune_subjects": tune,
                      "hyperparameters": c.to_dict(), "command": c.command,
                      "augmentation": run.augmenter.parameters_log() if run.augmenter is not None else {}},
     }

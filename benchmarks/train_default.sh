@@ -18,7 +18,8 @@
 # skull-stripped samples). The Learn2Synth phase starts at WARMUP_STEPS (plain steps before it,
 # through the augmenter at its start values; the baseline keeps WARMUP_STEPS beyond its budget).
 # Tuned and validated with ixi012 ixi013 ixi014 bert; the scored subjects (ixi015 ixi033 ixi034
-# ixi039 vxm01) are never read here.
+# ixi039 vxm01) are never read here. EXTRA_ARGS (words) go to l2s-train as they are, e.g.
+# "--time-budget-min 900": a stage that stops early on its budget ends the loop.
 set -euo pipefail
 method=$1; runs=$2; shift 2
 data=${L2S_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
@@ -37,6 +38,10 @@ for steps in "$@"; do
     --steps "$steps" --warmup-steps "${WARMUP_STEPS:-1000000}" --lr-theta 1e-2 --seed 0 \
     --eval-every 250 --synth-val-size 16 --checkpoint-every 250 --plugin debug --nthreads "${NTHREADS:-1}" \
     --name "l2s-default-2p5d-$method" --run-dir "$runs/run" -w "$runs/work" -o "$out" \
-    "${start[@]}" --no-report
-  echo "$(date -Is) $method: $steps steps -> $out"
+    "${start[@]}" --no-report ${EXTRA_ARGS:-}
+  done_steps=$("$bin/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['training']['steps'])" "$out/manifest.json")
+  echo "$(date -Is) $method: $done_steps steps -> $out"
+  if [ "$done_steps" -lt "$steps" ]; then
+    echo "$(date -Is) $method: time budget reached at step $done_steps"; break
+  fi
 done

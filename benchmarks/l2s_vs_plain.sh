@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Learn2Synth against the plain SynthSeg baseline at equal CPU time (issue 9, part C): both arms
+# fork the campaign's run folder at its last checkpoint (same weights, Adam moments, RNG and seed),
+# then train side by side with one thread each until each has used MINUTES more minutes of
+# training time (l2s-train --time-budget-min, cumulative from the fork): the Learn2Synth arm with
+# its augmenter tuned by hypergradients on ixi012 ixi013 ixi014 bert from the fork step on
+# (WARMUP_STEPS = fork step), the baseline with plain synthetic steps (WARMUP_STEPS beyond any
+# budget). Stage packages every STAGE steps are scored on the validation subjects only
+# (record_accuracy.py --select, results/l2s_vs_plain_<arm>.json); the scored subjects are not read.
+#
+#   bash benchmarks/l2s_vs_plain.sh CAMPAIGN_DIR ARMS_DIR MINUTES [STAGE]
+#   e.g. nohup nice -n 2 bash benchmarks/l2s_vs_plain.sh /work/runs/campaign /work/runs/arms 600 &
+#
+# Rerunning the same command resumes both arms (the fork point and budget are kept in
+# ARMS_DIR/fork.json). Recipe variables of train_default.sh (SCHEDULE_STEPS...) pass through.
+set -euo pipefail
+campaign=$1; arms=$2; minutes=$3; stage=${4:-500}
+here=$(cd "$(dirname "$0")" && pwd)
+py="$here/../.venv/bin/python"
+mkdir -p "$arms"
+if [ ! -f "$arms/fork.json" ]; then
+  for arm in l2s plain; do
+    rm -rf "$arms/$arm"; mkdir -p "$arms/$arm"; cp -r "$campaign/run" "$arms/$arm/run"
+  done
+  "$py" - "$arms" <<'PY'
+import json, sys
+from pathlib import Path
+arms = Path(sys.argv[1])
+step = int(json.loads((arms / "l2s/run/checkpoint/state.safetensors.json").read_text())["metadata"]["step"])
+times = [json.loads(l).get("time", 0.0) for l in open(arms / "l2s/run/metrics.jsonl") if l.strip()]
+(arms / "fork.json").write_text(json.dumps({"step": step, "time_s": max(times[:step] or [0.0])}) + "\n")
+PY
+fi
+read -r fork_step fork_min < <("$py" -c "import json, sys; f = json.load(open(sys.argv[1])); print(f['step'], f['time_s'] / 60)" "$arms/fork.json")
+budget=$("$py" -c "print(round($fork_min + $minutes, 3))")
+stages=$(seq $((fork_step + stage)) "$stage" $((fork_step + 200000)))
+for arm in l2s plain; do
+  warmup=$([ "$arm" = l2s ] && echo "$fork_step" || echo 100000000)
+  WARMUP_STEPS=$warmup NTHREADS=1 EXTRA_ARGS="--time-budget-min $budget" \
+    bash "$here/train_default.sh" l2s-parametric "$arms/$arm" $stages > "$arms/$arm.log" 2>&1 &
+done
+wait
+for arm in l2s plain; do
+  OMP_NUM_THREADS=2 "$py" "$here/record_accuracy.py" --select "$arms/$arm" --threads 2 \
+    --out "$here/results/l2s_vs_plain_$arm.json"
+done

@@ -3,7 +3,8 @@
 # writes its training report, stores the weights in float16 (half the size in git; the network
 # runs in float32, the weights are cast on load), copies manifest, curves, examples and report
 # into l2s_pipelines/models/default (the new folder is built beside it, then swapped in), turns
-# on the mirror test-time augmentation (inference.flip_lr), and records its measured accuracy in the manifest (benchmarks/record_accuracy.py --record).
+# on the mirror test-time augmentation (inference.flip_lr), and records its measured accuracy in
+# the manifest (benchmarks/record_accuracy.py --record).
 #   bash benchmarks/install_default_model.sh /work/runs/campaign/step_10000
 set -euo pipefail
 src=$1

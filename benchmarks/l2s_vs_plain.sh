@@ -27,8 +27,9 @@ import json, sys
 from pathlib import Path
 arms = Path(sys.argv[1])
 step = int(json.loads((arms / "l2s/run/checkpoint/state.safetensors.json").read_text())["metadata"]["step"])
-times = [json.loads(l).get("time", 0.0) for l in open(arms / "l2s/run/metrics.jsonl") if l.strip()]
-(arms / "fork.json").write_text(json.dumps({"step": step, "time_s": max(times[:step] or [0.0])}) + "\n")
+records = [json.loads(l) for l in open(arms / "l2s/run/metrics.jsonl") if l.strip()]
+fork_time = max([r.get("time", 0.0) for r in records if r["step"] < step] or [0.0])  # the log may run past the checkpoint
+(arms / "fork.json").write_text(json.dumps({"step": step, "time_s": fork_time}) + "\n")
 PY
 fi
 read -r fork_step fork_min < <("$py" -c "import json, sys; f = json.load(open(sys.argv[1])); print(f['step'], f['time_s'] / 60)" "$arms/fork.json")

@@ -5,14 +5,18 @@
 # training time (l2s-train --time-budget-min, cumulative from the fork): the Learn2Synth arm with
 # its augmenter tuned by hypergradients on ixi012 ixi013 ixi014 bert from the fork step on
 # (WARMUP_STEPS = fork step), the baseline with plain synthetic steps (WARMUP_STEPS beyond any
-# budget). Stage packages every STAGE steps are scored on the validation subjects only
-# (record_accuracy.py --select, results/l2s_vs_plain_<arm>.json); the scored subjects are not read.
+# budget). The lr of both arms restarts at ARM_LR (default 5e-4) and decays on the clock
+# (--decay-from-min at the fork, cosine to its end at the budget), so each arm anneals by the end
+# of its budget however costly its steps: a step-count schedule would leave the slower Learn2Synth
+# arm at a high lr when its time runs out. Stage packages every STAGE steps and the last one, at
+# the budget, are scored on the validation subjects only (record_accuracy.py --select,
+# results/l2s_vs_plain_<arm>.json); the scored subjects are not read.
 #
 #   bash benchmarks/l2s_vs_plain.sh CAMPAIGN_DIR ARMS_DIR MINUTES [STAGE]
 #   e.g. nohup nice -n 2 bash benchmarks/l2s_vs_plain.sh /work/runs/campaign /work/runs/arms 600 &
 #
 # Rerunning the same command resumes both arms (the fork point and budget are kept in
-# ARMS_DIR/fork.json). Recipe variables of train_default.sh (SCHEDULE_STEPS...) pass through.
+# ARMS_DIR/fork.json). Recipe variables of train_default.sh pass through.
 set -euo pipefail
 campaign=$1; arms=$2; minutes=$3; stage=${4:-500}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,7 +41,8 @@ budget=$("$py" -c "print(round($fork_min + $minutes, 3))")
 stages=$(seq $((fork_step + stage)) "$stage" $((fork_step + 200000)))
 for arm in l2s plain; do
   warmup=$([ "$arm" = l2s ] && echo "$fork_step" || echo 100000000)
-  WARMUP_STEPS=$warmup NTHREADS=1 EXTRA_ARGS="--time-budget-min $budget" \
+  WARMUP_STEPS=$warmup NTHREADS=1 \
+    EXTRA_ARGS="--time-budget-min $budget --decay-from-min $fork_min --lr ${ARM_LR:-5e-4}" \
     bash "$here/train_default.sh" l2s-parametric "$arms/$arm" $stages > "$arms/$arm.log" 2>&1 &
 done
 wait

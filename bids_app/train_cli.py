@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="final learning rate as a fraction of --lr; default 0.05")
     add("--schedule-steps", type=int, default=None, metavar="STEPS",
         help="horizon of the decay (default --steps; set it once for a run trained in stages)")
+    add("--decay-from-min", type=float, default=None, metavar="MIN",
+        help="run the decay on the clock instead of steps: from --lr at MIN minutes of training "
+             "time to its end at --time-budget-min (arms at equal CPU time both anneal by the "
+             "end of their budget, however costly their steps); default off")
     add("--synth-val-size", type=int, default=None, metavar="N",
         help="synthetic validation images scored beside the real ones (tells under-training "
              "from a domain gap); default 0")
@@ -261,6 +265,9 @@ def build_spec(args, argv: list[str]) -> dict:
         v = getattr(args, name)
         if v is not None and v < (0 if name == "warmup_steps" else 1):
             raise InputError(f"--{name.replace('_', '-')}: must be positive, got {v}")
+    if args.decay_from_min is not None and not 0 <= args.decay_from_min < (args.time_budget_min or 0):
+        raise InputError(f"--decay-from-min {args.decay_from_min}: the clock decay ends at "
+                         f"--time-budget-min, which must be given and larger")
     model_dir = Path(args.output).expanduser().resolve()
     work = Path(args.work_dir or model_dir.parent / ".l2s-train-work" / model_dir.name).expanduser().resolve()
     run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else work / "run"
@@ -276,6 +283,7 @@ def build_spec(args, argv: list[str]) -> dict:
         "lr_end": args.lr_end, "schedule_steps": args.schedule_steps,
         "synth_val_size": args.synth_val_size,
         "time_budget_s": None if args.time_budget_min is None else 60.0 * args.time_budget_min,
+        "decay_from_s": None if args.decay_from_min is None else 60.0 * args.decay_from_min,
         "init_from": str(_package_dir(args.init_weights)) if args.init_weights else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,

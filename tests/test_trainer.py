@@ -169,6 +169,15 @@ def test_lr_schedule():
     assert cfg.lr_at(70, restart=60) == pytest.approx(cfg.lr_at(70))
     with pytest.raises(ValueError, match="lr_schedule"):
         _config(lr_schedule="step")
+    # on the clock: from lr at decay_from_s to the end at time_budget_s, whatever the step
+    clock = _config(lr=1e-3, steps=100, lr_warmup=10, lr_schedule="cosine", lr_end=0.1,
+                    time_budget_s=300.0, decay_from_s=100.0)
+    assert clock.lr_at(5, time_s=50.0) == pytest.approx(1e-3)  # no step warm-up on the clock
+    assert clock.lr_at(90, time_s=200.0) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert clock.lr_at(3, time_s=300.0) == pytest.approx(1e-4) == clock.lr_at(99, time_s=900.0)
+    assert clock.lr_at(60, restart=60, time_s=200.0) == pytest.approx(0.1 * clock.lr_at(90, time_s=200.0))
+    with pytest.raises(ValueError, match="decay_from_s"):
+        _config(time_budget_s=100.0, decay_from_s=100.0)
 
 
 def test_bf16_steps_log_lr_and_synthetic_validation(tmp_path):

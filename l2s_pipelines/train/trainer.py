@@ -67,6 +67,7 @@ class TrainConfig:
     lr_warmup: int = 0  # steps of linear warm-up of the segmenter's lr from lr/10
     lr_end: float = 0.05  # final lr as a fraction of lr (cosine, poly)
     schedule_steps: int = 0  # horizon of the decay in steps (0: ``steps``); lr stays at the end after it
+    decay_from_s: float | None = None  # set: decay over training time from it to time_budget_s instead
     synth_val_size: int = 0  # fixed synthetic validation batch (fresh draws from the label maps)
     mix_proportion: float = 0.25
     finetune_steps: int = 100
@@ -100,6 +101,9 @@ class TrainConfig:
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         if self.lr_schedule not in ("constant", "cosine", "poly"):
             raise ValueError(f"lr_schedule must be constant, cosine or poly, got {self.lr_schedule!r}")
+        if self.decay_from_s is not None and not 0 <= self.decay_from_s < self.time_budget_s:
+            raise ValueError(f"decay_from_s ({self.decay_from_s}) must lie in [0, time_budget_s "
+                             f"({self.time_budget_s})): the time-clock decay ends at the budget")
         if not 0 <= self.mix_proportion <= 1:
             raise ValueError(f"mix_proportion must lie in [0, 1], got {self.mix_proportion}")
 
@@ -118,20 +122,26 @@ class TrainConfig:
             return "mixed"
         return "synth"
 
-    def lr_at(self, step: int, restart: int = 0) -> float:
+    def lr_at(self, step: int, restart: int = 0, time_s: float = 0.0) -> float:
         """Segmenter learning rate at 0-based ``step``: linear warm-up from ``lr / 10`` over
         ``lr_warmup`` steps, then constant, cosine or poly decay to ``lr * lr_end`` at
-        ``schedule_steps`` (default ``steps``), constant after it. ``restart``: the step at which
-        Adam restarted (a run started from a package's weights): the decayed value is warmed up
+        ``schedule_steps`` (default ``steps``), constant after it. With ``decay_from_s`` the decay
+        runs on the clock instead: from ``lr`` at ``decay_from_s`` to its end at ``time_budget_s``
+        seconds of cumulative training time ``time_s`` (arms at equal CPU time each anneal by the
+        end of their budget, whatever their step cost). ``restart``: the step at which Adam
+        restarted (a run started from a package's weights): the decayed value is warmed up
         again over ``lr_warmup`` steps from there."""
         if restart and step < restart + self.lr_warmup:
-            return self.lr_at(step) * (0.1 + 0.9 * (step - restart) / self.lr_warmup)
-        if step < self.lr_warmup:
+            return self.lr_at(step, 0, time_s) * (0.1 + 0.9 * (step - restart) / self.lr_warmup)
+        if step < self.lr_warmup and self.decay_from_s is None:
             return self.lr * (0.1 + 0.9 * step / self.lr_warmup)
         if self.lr_schedule == "constant":
             return self.lr
-        horizon = max((self.schedule_steps or self.steps) - self.lr_warmup, 1)
-        t = min(max(step - self.lr_warmup, 0) / horizon, 1.0)
+        if self.decay_from_s is None:
+            horizon = max((self.schedule_steps or self.steps) - self.lr_warmup, 1)
+            t = min(max(step - self.lr_warmup, 0) / horizon, 1.0)
+        else:
+            t = min(max(time_s - self.decay_from_s, 0.0) / (self.time_budget_s - self.decay_from_s), 1.0)
         end = self.lr * self.lr_end
         if self.lr_schedule == "cosine":
             return end + (self.lr - end) * 0.5 * (1 + math.cos(math.pi * t))
@@ -246,9 +256,9 @@ class _Run:
         step_module_(self.model, self.seg_opt, dict(zip(names, grads)))
         return float(loss.detach())
 
-    def step(self, phase: str, step: int = 0) -> dict:
+    def step(self, phase: str, step: int = 0, time_s: float = 0.0) -> dict:
         c = self.config
-        self.seg_opt.lr = c.lr_at(step, self.restart)
+        self.seg_opt.lr = c.lr_at(step, self.restart, time_s)
         if phase == "l2s":
             x_s, y_s = self.synth_batch(c.batch_size)
             x_r, y_r = self.real_batch(c.batch_size)
@@ -324,7 +334,7 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
     for step in range(start, total):
         phase = c.phase(step)
         record: dict[str, Any] = {"step": step, "phase": phase, "synthetic_loss": None, "real_loss": None}
-        record.update(run.step(phase, step))
+        record.update(run.step(phase, step, time.perf_counter() - t0))
         record["lr"] = run.seg_opt.lr
         evaluate = (step + 1) % c.eval_every == 0 or step + 1 == total
         if run.val is not None and evaluate:

@@ -135,7 +135,7 @@ def apply_quick(args, name: str) -> None:
 
 def base_config(args, **kw):
     """TrainConfig of the synthetic experiments: paper UNet, Adam 1e-3, Dice + CE, 2 mm, axial."""
-    from l2s_pipelines.train.trainer import TrainConfig
+    from l2s_pipelines.train.config import TrainConfig
     cfg = dict(ndim=2, plane="axial", patch_size=(args.patch, args.patch), batch_size=args.batch,
                steps=args.steps, warmup_steps=args.warmup, lr=1e-3, lr_theta=args.lr_theta,
                inner_optimizer="adam", loss="dice+ce", eval_every=args.eval_every,

@@ -42,7 +42,8 @@ def build_run(widths, amp: str, method: str = "l2s-parametric"):
     from l2s_pipelines.io.nifti import LabelMapDataset, RealPairDataset
     from l2s_pipelines.labels import LabelTable
     from l2s_pipelines.synth import SynthConfig
-    from l2s_pipelines.train.trainer import TrainConfig, _Run
+    from l2s_pipelines.train.config import TrainConfig
+    from l2s_pipelines.train.trainer import _Run
 
     table = LabelTable.default()
     gen = SynthConfig.mild().to_dict()

@@ -8,7 +8,8 @@ from l2s_pipelines.io.checkpoint import load_model_package
 from l2s_pipelines.labels import LabelTable
 from l2s_pipelines.synth import SynthConfig, SynthGenerator
 from l2s_pipelines.train.data import CorruptedSyntheticPairs, NoiseCorruption, SyntheticSource
-from l2s_pipelines.train.trainer import TrainConfig, train
+from l2s_pipelines.train.config import TrainConfig
+from l2s_pipelines.train.trainer import train
 
 VALUES = [0, 2, 3, 4]
 

@@ -98,7 +98,7 @@ def _train_config(spec: dict):
     """``TrainConfig`` from ``spec["config"]``: None values keep the trainer's defaults."""
     from l2s_pipelines.errors import InputError
     from l2s_pipelines.nn.unet import UNetConfig
-    from l2s_pipelines.train.trainer import TrainConfig
+    from l2s_pipelines.train.config import TrainConfig
 
     cfg = {k: v for k, v in spec["config"].items() if v is not None}
     planes = cfg.pop("planes", None) or ["axial"]

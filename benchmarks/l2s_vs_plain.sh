@@ -49,4 +49,11 @@ wait
 for arm in l2s plain; do
   OMP_NUM_THREADS=2 "$py" "$here/record_accuracy.py" --select "$arms/$arm" --threads 2 \
     --out "$here/results/l2s_vs_plain_$arm.json"
+  "$py" - "$arms/fork.json" "$here/results/l2s_vs_plain_$arm.json" "$minutes" "${ARM_LR:-5e-4}" <<'PY'
+import json, sys
+fork, out, minutes, lr = sys.argv[1:]
+rec = json.load(open(out))
+rec["fork"] = {**json.load(open(fork)), "minutes": float(minutes), "lr": float(lr)}
+open(out, "w").write(json.dumps(rec, indent=1) + "\n")
+PY
 done

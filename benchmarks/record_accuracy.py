@@ -39,6 +39,15 @@ def _threads(n: int | None) -> None:
     torch.set_num_threads(n or 1)
 
 
+def _training_time_s(package: Path) -> float | None:
+    """Cumulative training seconds at the package's last logged step (its ``metrics.jsonl``)."""
+    curves = package / "metrics.jsonl"
+    if not curves.is_file():
+        return None
+    last = [line for line in curves.read_text().splitlines() if line.strip()][-1:]
+    return round(float(json.loads(last[0]).get("time", 0.0)), 1) if last else None
+
+
 def select(runs: Path, out: Path, device: str) -> dict:
     """Score unscored stage packages on the validation subjects; returns the whole record."""
     record = json.loads(out.read_text()) if out.is_file() else {"metric": METRIC, "subjects": list(DEFAULT_TUNED),
@@ -54,7 +63,8 @@ def select(runs: Path, out: Path, device: str) -> dict:
                                  "mean_dice": res["summary"]["all"]["mean_dice"],
                                  "per_subject": {s: r["mean_dice"] for s, r in res["subjects"].items()},
                                  "tissue_dice": res["summary"]["all"]["tissue_dice"],
-                                 "runtime_s": {s: r["runtime_s"] for s, r in res["subjects"].items()}}
+                                 "runtime_s": {s: r["runtime_s"] for s, r in res["subjects"].items()},
+                                 "training_time_s": _training_time_s(pkg)}
         write_json(out, record)
         print(f"{key}: validation mean Dice {record['stages'][key]['mean_dice']:.3f}", flush=True)
     if record["stages"]:

@@ -195,7 +195,32 @@ def section_campaign() -> list[str]:
         out.append("")
     else:
         out += _missing("campaign_validation.json", "benchmarks/record_accuracy.py --select RUNS_DIR")
-    return out
+    return out + section_arms()
+
+
+def section_arms() -> list[str]:
+    """Learn2Synth against the plain baseline at equal CPU time (``l2s_vs_plain.sh``)."""
+    out = ["### Learn2Synth against the plain baseline at equal CPU time", ""]
+    arms = {arm: _load(f"l2s_vs_plain_{arm}.json") for arm in ("l2s", "plain")}
+    if not all(arms.values()):
+        return out + _missing("l2s_vs_plain_{l2s,plain}.json", "benchmarks/l2s_vs_plain.sh CAMPAIGN ARMS MINUTES")
+    fork = arms["l2s"].get("fork") or {}
+    out += [f"Both arms fork the campaign at step {fork.get('step', '?')} (same weights, Adam moments, RNG) "
+            f"and train side by side, one thread each, for the same training time; their lr restarts at "
+            f"{fork.get('lr', '?')} and decays on the clock (cosine to its end at the budget of "
+            f"{_f(fork.get('minutes'), 0)} min). The Learn2Synth arm tunes its augmenter by hypergradients "
+            f"on the tune subjects; the plain arm trains on synthetic images only. Scored on the validation "
+            f"subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", "",
+            "| arm | stage | step | minutes after the fork | validation mean Dice | csf | cortex | white matter | deep grey |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for arm, rec in arms.items():
+        for key, st in sorted(rec["stages"].items(), key=lambda kv: kv[1]["step"]):
+            t, sec = st["tissue_dice"], st.get("training_time_s")
+            minutes = None if sec is None or "time_s" not in fork else (sec - fork["time_s"]) / 60
+            out.append(f"| {arm} | {key} | {st['step']} | {_f(minutes, 0)} | {_f(st['mean_dice'])} | "
+                       f"{_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} | "
+                       f"{_f(t.get('deep_grey'))} |")
+    return out + [""]
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

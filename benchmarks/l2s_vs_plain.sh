@@ -8,7 +8,9 @@
 # budget). The lr of both arms restarts at ARM_LR (default 5e-4) and decays on the clock
 # (--decay-from-min at the fork, cosine to its end at the budget), so each arm anneals by the end
 # of its budget however costly its steps: a step-count schedule would leave the slower Learn2Synth
-# arm at a high lr when its time runs out. Stage packages every STAGE steps and the last one, at
+# arm at a high lr when its time runs out. HYPER_EVERY=K (default 1, the paper) gives the
+# Learn2Synth arm a meta-step every K-th step only (l2s-train --hyper-every, a named deviation:
+# a meta-step costs about 7 plain steps on CPU). Stage packages every STAGE steps and the last one, at
 # the budget, are scored on the validation subjects only (record_accuracy.py --select,
 # results/l2s_vs_plain_<arm>.json); the scored subjects are not read.
 #
@@ -41,19 +43,21 @@ budget=$("$py" -c "print(round($fork_min + $minutes, 3))")
 stages=$(seq $((fork_step + stage)) "$stage" $((fork_step + 200000)))
 for arm in l2s plain; do
   warmup=$([ "$arm" = l2s ] && echo "$fork_step" || echo 100000000)
+  hyper=$([ "$arm" = l2s ] && echo "--hyper-every ${HYPER_EVERY:-1}" || echo "")
   WARMUP_STEPS=$warmup NTHREADS=1 \
-    EXTRA_ARGS="--time-budget-min $budget --decay-from-min $fork_min --lr ${ARM_LR:-5e-4}" \
+    EXTRA_ARGS="--time-budget-min $budget --decay-from-min $fork_min --lr ${ARM_LR:-5e-4} $hyper" \
     bash "$here/train_default.sh" l2s-parametric "$arms/$arm" $stages > "$arms/$arm.log" 2>&1 &
 done
 wait
 for arm in l2s plain; do
   OMP_NUM_THREADS=2 "$py" "$here/record_accuracy.py" --select "$arms/$arm" --threads 2 \
     --out "$here/results/l2s_vs_plain_$arm.json"
-  "$py" - "$arms/fork.json" "$here/results/l2s_vs_plain_$arm.json" "$minutes" "${ARM_LR:-5e-4}" <<'PY'
+  "$py" - "$arms/fork.json" "$here/results/l2s_vs_plain_$arm.json" "$minutes" "${ARM_LR:-5e-4}" \
+    "${HYPER_EVERY:-1}" <<'PY'
 import json, sys
-fork, out, minutes, lr = sys.argv[1:]
+fork, out, minutes, lr, hyper = sys.argv[1:]
 rec = json.load(open(out))
-rec["fork"] = {**json.load(open(fork)), "minutes": float(minutes), "lr": float(lr)}
+rec["fork"] = {**json.load(open(fork)), "minutes": float(minutes), "lr": float(lr), "hyper_every": int(hyper)}
 open(out, "w").write(json.dumps(rec, indent=1) + "\n")
 PY
 done

@@ -170,9 +170,11 @@ def test_priors_and_schedule_options_reach_the_trainer(label_maps, tmp_path):
     assert config.generator["skull_strip_probability"] == 0.3 and config.amp == "bf16"
     assert (config.lr_schedule, config.lr_warmup, config.schedule_steps, config.synth_val_size) == \
         ("cosine", 5, 50, 4)
-    clock = argv + ["--time-budget-min", "10", "--decay-from-min", "4"]
+    clock = argv + ["--time-budget-min", "10", "--decay-from-min", "4", "--hyper-every", "4"]
     config, _ = _train_config(build_spec(build_parser().parse_args(clock), clock))
-    assert (config.decay_from_s, config.time_budget_s) == (240.0, 600.0)
+    assert (config.decay_from_s, config.time_budget_s, config.hyper_every) == (240.0, 600.0, 4)
+    with pytest.raises(InputError, match="--hyper-every: must be positive"):
+        build_spec(build_parser().parse_args(argv + ["--hyper-every", "0"]), argv)
     with pytest.raises(InputError, match="--decay-from-min 4.0: the clock decay ends at --time-budget-min"):
         build_spec(build_parser().parse_args(argv + ["--decay-from-min", "4"]), argv)
     argv += ["--init-weights", str(tmp_path)]

@@ -21,6 +21,7 @@
 # ARMS_DIR/fork.json). Recipe variables of train_default.sh pass through.
 set -euo pipefail
 campaign=$1; arms=$2; minutes=$3; stage=${4:-500}
+arm_lr=${ARM_LR:-5e-4}; hyper_every=${HYPER_EVERY:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 py="$here/../.venv/bin/python"
 mkdir -p "$arms"
@@ -43,21 +44,23 @@ budget=$("$py" -c "print(round($fork_min + $minutes, 3))")
 stages=$(seq $((fork_step + stage)) "$stage" $((fork_step + 200000)))
 for arm in l2s plain; do
   warmup=$([ "$arm" = l2s ] && echo "$fork_step" || echo 100000000)
-  hyper=$([ "$arm" = l2s ] && echo "--hyper-every ${HYPER_EVERY:-1}" || echo "")
+  hyper=$([ "$arm" = l2s ] && echo "--hyper-every $hyper_every" || echo "")
   WARMUP_STEPS=$warmup NTHREADS=1 \
-    EXTRA_ARGS="--time-budget-min $budget --decay-from-min $fork_min --lr ${ARM_LR:-5e-4} $hyper" \
+    EXTRA_ARGS="--time-budget-min $budget --decay-from-min $fork_min --lr $arm_lr $hyper" \
     bash "$here/train_default.sh" l2s-parametric "$arms/$arm" $stages > "$arms/$arm.log" 2>&1 &
 done
 wait
 for arm in l2s plain; do
   OMP_NUM_THREADS=2 "$py" "$here/record_accuracy.py" --select "$arms/$arm" --threads 2 \
     --out "$here/results/l2s_vs_plain_$arm.json"
-  "$py" - "$arms/fork.json" "$here/results/l2s_vs_plain_$arm.json" "$minutes" "${ARM_LR:-5e-4}" \
-    "${HYPER_EVERY:-1}" <<'PY'
+  "$py" - "$here" "$arms/fork.json" "$here/results/l2s_vs_plain_$arm.json" "$minutes" "$arm_lr" \
+    "$hyper_every" <<'PY'
 import json, sys
-fork, out, minutes, lr, hyper = sys.argv[1:]
+sys.path.insert(0, sys.argv[1])
+from common import write_json
+fork, out, minutes, lr, hyper = sys.argv[2:]
 rec = json.load(open(out))
 rec["fork"] = {**json.load(open(fork)), "minutes": float(minutes), "lr": float(lr), "hyper_every": int(hyper)}
-open(out, "w").write(json.dumps(rec, indent=1) + "\n")
+write_json(__import__("pathlib").Path(out), rec)
 PY
 done

@@ -209,9 +209,10 @@ def section_arms() -> list[str]:
             f"and train side by side, one thread each, for the same training time; their lr restarts at "
             f"{fork.get('lr', '?')} and decays on the clock (cosine to its end at the budget of "
             f"{_f(fork.get('minutes'), 0)} min). The Learn2Synth arm tunes its augmenter by hypergradients "
-            f"on the tune subjects (a meta-step every {fork.get('hyper_every', '?')} step(s)); the plain arm trains on synthetic images only. Scored on the validation "
-            f"subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", "",
-            "| arm | stage | step | minutes after the fork | validation mean Dice | csf | cortex | white matter | deep grey |",
+            f"on the tune subjects (a meta-step every {fork.get('hyper_every', '?')} step(s)); the plain "
+            f"arm trains on synthetic images only. Scored on the validation subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", "",
+            "| arm | stage | step | minutes after the fork | validation mean Dice | csf | cortex "
+            "| white matter | deep grey |",
             "|---|---|---|---|---|---|---|---|---|"]
     for arm, rec in arms.items():
         for key, st in sorted(rec["stages"].items(), key=lambda kv: kv[1]["step"]):

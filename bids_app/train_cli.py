@@ -33,6 +33,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from l2s_pipelines.augment import AUGMENT_COMPONENTS
 from l2s_pipelines.errors import InputError, ModelError
 from l2s_pipelines.planes import PLANES
 from l2s_pipelines.system import write_json
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup-steps", type=int, default=None, help="plain synthetic steps before Learn2Synth")
     add("--lr", type=float, default=None, help="segmenter learning rate")
     add("--lr-theta", type=float, default=None, help="augmenter learning rate")
+    add("--augment", nargs="+", choices=AUGMENT_COMPONENTS, default=None, metavar="PART",
+        help="learnable parts of the parametric augmenter (l2s-parametric): any of "
+             f"{', '.join(AUGMENT_COMPONENTS)}; default noise bias (the paper's). gamma: a "
+             "per-image gamma of learnable spread; blur: a per-image Gaussian blur of learnable "
+             "upper width (voxels of the training grid)")
     add("--widths", type=int, nargs="+", default=None, help="UNet widths per level")
     add("--norm", choices=("none", "instance", "group"), default=None,
         help="UNet normalisation (never BatchNorm: it breaks the hypergradient); default none")
@@ -272,6 +278,9 @@ def build_spec(args, argv: list[str]) -> dict:
     if args.decay_from_min is not None and not 0 <= args.decay_from_min < (args.time_budget_min or 0):
         raise InputError(f"--decay-from-min {args.decay_from_min}: the clock decay ends at "
                          f"--time-budget-min, which must be given and larger")
+    if args.augment is not None and args.method != "l2s-parametric":
+        raise InputError(f"--augment {' '.join(args.augment)}: only the parametric augmenter "
+                         f"(--method l2s-parametric) has these parts, not --method {args.method}")
     model_dir = Path(args.output).expanduser().resolve()
     work = Path(args.work_dir or model_dir.parent / ".l2s-train-work" / model_dir.name).expanduser().resolve()
     run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else work / "run"
@@ -289,6 +298,7 @@ def build_spec(args, argv: list[str]) -> dict:
         "time_budget_s": None if args.time_budget_min is None else 60.0 * args.time_budget_min,
         "decay_from_s": None if args.decay_from_min is None else 60.0 * args.decay_from_min,
         "hyper_every": args.hyper_every,
+        "augmenter": None if args.augment is None else {c: c in args.augment for c in AUGMENT_COMPONENTS},
         "init_from": str(_package_dir(args.init_weights)) if args.init_weights else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,

@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 from l2s_pipelines.nn.unet import UNet, UNetConfig
 
+AUGMENT_COMPONENTS = ("noise", "bias", "gamma", "blur")  # the parts ParametricAugmenter switches
+
 
 def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y)) if y > 0 else -30.0
@@ -33,41 +35,80 @@ def smooth_field(coarse: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(coarse, size=size, mode=mode, align_corners=True)
 
 
-class ParametricAugmenter(nn.Module):
-    """Gaussian noise and a multiplicative bias field with learnable strengths.
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of ``x (B, C, *sp)`` with one standard deviation per batch element,
+    ``sigma (B,)`` in voxels (differentiable in sigma; sigma -> 0 is the identity), kernel support
+    ``2 * radius + 1`` voxels, edges replicated. Same code in 2D and 3D."""
+    b, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-3).view(b, 1)
+    kernel = torch.exp(-0.5 * (t / s) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    conv = F.conv2d if len(sp) == 2 else F.conv3d
+    out = x.reshape(1, b * c, *sp)
+    for axis in range(len(sp)):
+        shape = [b * c, 1] + [1] * len(sp)
+        shape[2 + axis] = 2 * radius + 1
+        pad = [0] * (2 * len(sp))
+        pad[2 * (len(sp) - 1 - axis)] = pad[2 * (len(sp) - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=b * c)
+    return out.reshape(x.shape)
 
-    ``x_a = x * exp(sum_j e_j * f_j) + sigma * eps``: the bias field is the product of three smooth
-    random fields ``exp(f_j)`` (control grids of ``bias_grids`` points per axis, values N(0, 1),
-    drawn per batch element) raised to learnable exponents ``e_j = bias_max * sigmoid(r_j)`` in
-    ``(0, bias_max)``. Noise: ``sigma = softplus(s) >= 0``; with ``sigma_range=True`` two learnable
+
+class ParametricAugmenter(nn.Module):
+    """Gaussian noise, a multiplicative bias field and optionally gamma and blur, with learnable
+    strengths.
+
+    ``x_a = blur_b(x_bias ** gamma_b) + sigma * eps`` with ``x_bias = x * exp(sum_j e_j * f_j)``: the
+    bias field is the product of three smooth random fields ``exp(f_j)`` (control grids of
+    ``bias_grids`` points per axis, values N(0, 1), drawn per batch element) raised to learnable
+    exponents ``e_j = bias_max * sigmoid(r_j)`` in ``(0, bias_max)``. Gamma (``gamma=True``): per
+    element ``gamma_b = exp(g * z_b)``, ``z_b ~ N(0, 1)``, learnable spread ``g = softplus(.) >= 0``
+    (SynthSeg draws exp(N(0, 0.5))). Blur (``blur=True``): a Gaussian of per-element standard
+    deviation ``s * v_b`` voxels, ``v_b ~ U(0, 1)``, learnable upper end ``s = blur_max *
+    sigmoid(.)`` in ``(0, blur_max)`` voxels (a softer image, as from a lower acquisition
+    resolution). Noise: ``sigma = softplus(s) >= 0``; with ``sigma_range=True`` two learnable
     bounds ``lo = softplus(a)``, ``hi = lo + softplus(b)`` and a per-element ``sigma = lo + (hi-lo) u``,
     ``u ~ U(0, 1)``. Intensities are in the generator's [0, 1] units; the output is not clipped.
 
     Parameters
     ----------
     ndim: 2 or 3.
-    noise, bias: switch each component on or off.
+    noise, bias, gamma, blur: switch each component on or off (gamma and blur off by default).
     sigma_init: start value of sigma (with a range: of ``lo``; ``hi`` starts at ``sigma_init + range_init``).
     bias_init: start value of every exponent (must lie in ``(0, bias_max)``).
     bias_grids: control-grid sizes of the three scales (points per axis).
+    gamma_init: start value of the spread ``g`` of log-gamma (> 0).
+    blur_init, blur_max: start value and bound of the blur's upper end ``s`` (voxels, ``0 < init < max``).
     """
 
     def __init__(self, ndim: int = 2, *, noise: bool = True, bias: bool = True, sigma_init: float = 0.05,
                  sigma_range: bool = False, range_init: float = 0.05, bias_init: float = 0.1,
-                 bias_max: float = 1.0, bias_grids: tuple[int, int, int] = (2, 4, 8)):
+                 bias_max: float = 1.0, bias_grids: tuple[int, int, int] = (2, 4, 8),
+                 gamma: bool = False, gamma_init: float = 0.05, blur: bool = False,
+                 blur_init: float = 0.5, blur_max: float = 2.0):
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
         if not 0 < bias_init < bias_max:
             raise ValueError(f"bias_init={bias_init} must lie in (0, bias_max={bias_max})")
+        if blur and not 0 < blur_init < blur_max:
+            raise ValueError(f"blur_init={blur_init} must lie in (0, blur_max={blur_max})")
+        if gamma and not gamma_init > 0:
+            raise ValueError(f"gamma_init={gamma_init} must be > 0")
         self.ndim, self.noise, self.bias, self.sigma_range = ndim, noise, bias, sigma_range
-        self.bias_max, self.bias_grids = float(bias_max), tuple(bias_grids)
+        self.gamma, self.blur = gamma, blur
+        self.bias_max, self.bias_grids, self.blur_max = float(bias_max), tuple(bias_grids), float(blur_max)
         if noise:
             self.sigma_raw = nn.Parameter(torch.tensor(_inv_softplus(sigma_init)))
             if sigma_range:
                 self.width_raw = nn.Parameter(torch.tensor(_inv_softplus(range_init)))
         if bias:
             self.bias_raw = nn.Parameter(torch.full((len(bias_grids),), _logit(bias_init / bias_max)))
+        if gamma:
+            self.gamma_raw = nn.Parameter(torch.tensor(_inv_softplus(gamma_init)))
+        if blur:
+            self.blur_raw = nn.Parameter(torch.tensor(_logit(blur_init / blur_max)))
 
     # constrained parameters -------------------------------------------------------------------
     def sigma_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +121,18 @@ class ParametricAugmenter(nn.Module):
         """Exponents ``(3,)`` of the three bias-field scales, in ``(0, bias_max)``."""
         return self.bias_max * torch.sigmoid(self.bias_raw)
 
+    def gamma_spread(self) -> torch.Tensor:
+        """Standard deviation ``g >= 0`` of log-gamma."""
+        return F.softplus(self.gamma_raw)
+
+    def blur_upper(self) -> torch.Tensor:
+        """Upper end ``s`` of the per-element blur standard deviation, in voxels, in ``(0, blur_max)``."""
+        return self.blur_max * torch.sigmoid(self.blur_raw)
+
     # random draws and deterministic map ------------------------------------------------------
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """Draw ``eps (B,1,*sp)``, ``u (B,)`` and coarse fields ``field{j} (B,1,*grid_j)``."""
+        """Draw ``eps (B,1,*sp)``, ``u (B,)``, coarse fields ``field{j} (B,1,*grid_j)``, and with
+        gamma / blur ``z_gamma (B,)`` ~ N(0, 1) / ``v_blur (B,)`` ~ U(0, 1)."""
         b, sp = x.shape[0], x.shape[2:]
         kw = dict(generator=generator, device=x.device, dtype=x.dtype)
         draws: dict[str, torch.Tensor] = {}
@@ -92,6 +142,10 @@ class ParametricAugmenter(nn.Module):
         if self.bias:
             for j, n in enumerate(self.bias_grids):
                 draws[f"field{j}"] = torch.randn((b, 1) + (n,) * len(sp), **kw)
+        if self.gamma:
+            draws["z_gamma"] = torch.randn((b,), **kw)
+        if self.blur:
+            draws["v_blur"] = torch.rand((b,), **kw)
         return draws
 
     def apply(self, x: torch.Tensor, draws: dict) -> torch.Tensor:
@@ -102,6 +156,12 @@ class ParametricAugmenter(nn.Module):
             log_field = sum(e[j] * smooth_field(draws[f"field{j}"], tuple(x.shape[2:]))
                             for j in range(len(self.bias_grids)))
             out = out * torch.exp(log_field)
+        if self.gamma:
+            exponent = torch.exp(self.gamma_spread().to(x.dtype) * draws["z_gamma"])
+            out = out.clamp_min(1e-4) ** exponent.view(-1, *([1] * (x.ndim - 1)))
+        if self.blur:
+            out = gaussian_blur(out, self.blur_upper().to(x.dtype) * draws["v_blur"],
+                                radius=math.ceil(3 * self.blur_max))
         if self.noise:
             lo, hi = self.sigma_bounds()
             sigma = (lo + (hi - lo) * draws["u"]).to(x.dtype) if self.sigma_range else lo.to(x.dtype).expand(x.shape[0])
@@ -112,7 +172,8 @@ class ParametricAugmenter(nn.Module):
         return self.apply(x, self.sample(x, generator))
 
     def parameters_log(self) -> dict[str, float]:
-        """Current constrained values, e.g. ``{"noise_sigma": 0.05, "bias_exponent_0": 0.1, ...}``."""
+        """Current constrained values, e.g. ``{"noise_sigma": 0.05, "bias_exponent_0": 0.1, ...,
+        "gamma_spread": 0.05, "blur_max_vox": 0.5}``."""
         out: dict[str, float] = {}
         with torch.no_grad():
             if self.noise:
@@ -123,6 +184,10 @@ class ParametricAugmenter(nn.Module):
             if self.bias:
                 for j, e in enumerate(self.bias_exponents().tolist()):
                     out[f"bias_exponent_{j}"] = float(e)
+            if self.gamma:
+                out["gamma_spread"] = float(self.gamma_spread())
+            if self.blur:
+                out["blur_max_vox"] = float(self.blur_upper())
         return out
 
 

@@ -69,3 +69,40 @@ def test_build_augmenter_rejects_unknown():
     assert isinstance(build_augmenter("nonparametric", 2, {"widths": [4, 4]}), NonparametricAugmenter)
     with pytest.raises(ValueError):
         build_augmenter("magic", 2)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gamma_and_blur_parts(ndim):
+    """Gamma and blur: identity at zero draws, learnable, logged, the blur keeps a constant image
+    and spreads a point with the variance it claims."""
+    from l2s_pipelines.augment import gaussian_blur
+
+    aug = ParametricAugmenter(ndim, noise=False, bias=False, gamma=True, gamma_init=0.2, blur=True,
+                              blur_init=1.0, blur_max=2.0)
+    x = torch.rand((2, 1) + (12,) * ndim, generator=torch.Generator().manual_seed(0)) + 0.1
+    draws = aug.sample(x, torch.Generator().manual_seed(1))
+    assert draws["z_gamma"].shape == (2,) and draws["v_blur"].shape == (2,)
+    still = {"z_gamma": torch.zeros(2), "v_blur": torch.zeros(2)}
+    assert torch.allclose(aug.apply(x, still), x, atol=1e-6)
+    y = aug.apply(x, draws)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    y.pow(2).mean().backward()
+    assert aug.gamma_raw.grad.abs() > 0 and aug.blur_raw.grad.abs() > 0
+    log = aug.parameters_log()
+    assert log["gamma_spread"] == pytest.approx(0.2) and log["blur_max_vox"] == pytest.approx(1.0)
+
+    const = torch.full((2, 1) + (9,) * ndim, 0.7)
+    assert torch.allclose(gaussian_blur(const, torch.tensor([0.5, 1.5]), 4), const, atol=1e-6)
+    point = torch.zeros((1, 1) + (31,) * ndim)
+    point[(0, 0) + (15,) * ndim] = 1.0
+    spread = gaussian_blur(point, torch.tensor([1.5]), 6)[0, 0]
+    profile = spread.sum(dim=tuple(range(1, ndim)))
+    offsets = torch.arange(31.0) - 15
+    assert float((profile * offsets ** 2).sum()) == pytest.approx(1.5 ** 2, rel=1e-3)
+
+
+def test_gamma_and_blur_refuse_bad_start_values():
+    with pytest.raises(ValueError, match="blur_init"):
+        ParametricAugmenter(2, blur=True, blur_init=3.0, blur_max=2.0)
+    with pytest.raises(ValueError, match="gamma_init"):
+        ParametricAugmenter(2, gamma=True, gamma_init=0.0)

@@ -13,7 +13,7 @@ from l2s_pipelines.train.functional_optim import FunctionalAdam, FunctionalSGD, 
 from l2s_pipelines.train.hypergrad import detached_params, l2s_iteration
 
 
-def _problem(seed=0, k=3):
+def _problem(seed=0, k=3, **parts):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = UNet(UNetConfig(ndim=2, in_channels=1, out_channels=k, widths=(4, 6), convs_per_level=1)).double()
@@ -22,7 +22,7 @@ def _problem(seed=0, k=3):
     means = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     x_s = means[y_s].unsqueeze(1)
     x_r = means[y_r].unsqueeze(1) + 0.1 * torch.randn(2, 1, 8, 8, generator=g, dtype=torch.float64)
-    aug = ParametricAugmenter(2, sigma_init=0.05, bias_init=0.2, bias_grids=(2, 3, 4)).double()
+    aug = ParametricAugmenter(2, sigma_init=0.05, bias_init=0.2, bias_grids=(2, 3, 4), **parts).double()
     draws = aug.sample(x_s, g)
     return net, aug, x_s, y_s, x_r, y_r, draws
 
@@ -45,9 +45,10 @@ def _warm_up(net, opt, x_s, y_s, steps):
         step_module(net, opt, dict(zip(params, torch.autograd.grad(loss, list(params.values())))))
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_hypergradient_matches_finite_differences(kind):
-    net, aug, x_s, y_s, x_r, y_r, draws = _problem()
+@pytest.mark.parametrize("kind, parts", [("sgd", {}), ("adam", {}),
+                                         ("adam", {"gamma": True, "gamma_init": 0.3, "blur": True, "blur_init": 1.0})])
+def test_hypergradient_matches_finite_differences(kind, parts):
+    net, aug, x_s, y_s, x_r, y_r, draws = _problem(**parts)
     opt = FunctionalSGD(lr=0.5) if kind == "sgd" else FunctionalAdam(lr=0.01)
     if kind == "adam":
         _warm_up(net, opt, x_s, y_s, steps=5)

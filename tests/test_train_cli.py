@@ -88,7 +88,7 @@ def test_l2s_parametric_cf_and_resume(label_maps, tmp_path):
     (tmp_path / "work" / "poetry.lock").write_text("a user's file")  # -w is never swept recursively
     base = ["--label-maps", str(label_maps), "--real-bids", str(BIDS), "--tune-participant-label",
             "ixi012", "--method", "l2s-parametric", "--warmup-steps", "1", "--plugin", "cf",
-            "--run-dir", str(run), "-w", str(tmp_path / "work"), "-o", str(out), *TINY]
+            "--augment", "noise", "bias", "gamma", "blur", "--run-dir", str(run), "-w", str(tmp_path / "work"), "-o", str(out), *TINY]
     first = _cli(base + ["--steps", "2"])
     assert first.returncode == 0, first.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -96,7 +96,9 @@ def test_l2s_parametric_cf_and_resume(label_maps, tmp_path):
     assert manifest["training"]["val_subjects"] == ["sub-ixi012"]  # default: the tune subjects
     before = _records(out / "metrics.jsonl")
     assert [r["phase"] for r in before] == ["synth", "l2s"]
-    assert "aug/noise_sigma" in before[1]
+    assert {"aug/noise_sigma", "aug/gamma_spread", "aug/blur_max_vox"} <= set(before[1])
+    assert manifest["training"]["hyperparameters"]["augmenter"] == \
+        {"noise": True, "bias": True, "gamma": True, "blur": True}
 
     second = _cli(base + ["--steps", "3", "--resume"])
     assert second.returncode == 0, second.stderr[-3000:]
@@ -175,6 +177,14 @@ def test_priors_and_schedule_options_reach_the_trainer(label_maps, tmp_path):
     assert (config.decay_from_s, config.time_budget_s, config.hyper_every) == (240.0, 600.0, 4)
     with pytest.raises(InputError, match="--hyper-every: must be positive"):
         build_spec(build_parser().parse_args(argv + ["--hyper-every", "0"]), argv)
+    parts = ["--method", "l2s-parametric", "--real-bids", str(BIDS), "--tune-participant-label", "ixi012",
+             "--augment", "noise", "blur"]
+    config, _ = _train_config(build_spec(build_parser().parse_args(argv + parts), argv + parts))
+    assert config.augmenter == {"noise": True, "bias": False, "gamma": False, "blur": True}
+    with pytest.raises(InputError, match="--augment gamma: only the parametric augmenter"):
+        build_spec(build_parser().parse_args(argv + ["--augment", "gamma"]), argv)
+    with pytest.raises(SystemExit):  # argparse refuses an unknown part
+        build_parser().parse_args(argv + ["--augment", "contrast"])
     with pytest.raises(InputError, match="--decay-from-min 4.0: the clock decay ends at --time-budget-min"):
         build_spec(build_parser().parse_args(argv + ["--decay-from-min", "4"]), argv)
     argv += ["--init-weights", str(tmp_path)]

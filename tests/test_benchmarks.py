@@ -71,3 +71,21 @@ def test_shared_warmup_equals_a_fresh_run(tmp_path):
     assert shared.augmentation == fresh.augmentation
     for (name, a), b in zip(shared.model.state_dict().items(), fresh.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_parameter_recovery_runs_each_part_with_only_that_part_learnable(tmp_path):
+    """parameter_recovery.py at smoke size: one record and one trajectory per part, the "real"
+    images corrupted by the frozen preset, the learnable augmenter holding only the tested part."""
+    out = tmp_path / "rec.json"
+    run_script("parameter_recovery.py", "--work", tmp_path / "work", "--out", out,
+               "--gamma-truth", "0.4", "--blur-truth", "1.5")
+    rows = json.loads(out.read_text())
+    assert [(r["part"], r["key"], r["truth"]) for r in rows] == \
+        [("blur", "blur_max_vox", 1.5), ("gamma", "gamma_spread", 0.4)]
+    assert all(len(r["trajectory"]) > 1 and r["inferred"] > 0 and r["steps"] == 12 for r in rows)
+    assert rows[0]["trajectory"][0][1] == pytest.approx(0.3)  # started at --blur-init, not the truth
+    assert out.with_suffix(".png").stat().st_size > 0
+    manifest = json.loads((tmp_path / "work" / "R-gamma-0.4" / "model" / "manifest.json").read_text())
+    assert manifest["training"]["hyperparameters"]["augmenter"] == \
+        {"noise": False, "bias": False, "gamma": True, "gamma_init": 0.05}
+    assert set(manifest["training"]["augmentation"]) == {"gamma_spread"}

@@ -33,15 +33,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from l2s_pipelines.augment import AUGMENT_COMPONENTS
 from l2s_pipelines.errors import InputError, ModelError
 from l2s_pipelines.planes import PLANES
-from l2s_pipelines.system import write_json
+from l2s_pipelines.train import AUGMENT_COMPONENTS, METHODS, NEEDS_REAL
 
 LOG = logging.getLogger("l2s_pipelines.train_cli")
-METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "mixed", "finetune", "supervised")
-#: Methods that need labelled real scans (--tune-participant-label).
-NEEDS_REAL = frozenset(METHODS) - {"synthseg"}
+#: the methods l2s-train offers (the oracle is for the synthetic experiments only)
+CLI_METHODS = tuple(m for m in METHODS if m != "oracle")
 NIFTI_EXT = (".nii", ".nii.gz")
 
 
@@ -70,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val-participant-label", nargs="+", default=None, metavar="L",
         help="validation subjects for Dice curves and model selection (default: the tune "
              "subjects); never put the scored subjects here unless you mean it")
-    add("--method", choices=METHODS, default="l2s-parametric")
+    add("--method", choices=CLI_METHODS, default="l2s-parametric")
     add("--ndim", type=int, choices=(2, 3), default=2)
     add("--plane", nargs="+", choices=(*sorted(PLANES), "all"), default=["axial"],
         help="2D slicing plane(s); several planes (or 'all' = the three) train one network on "
@@ -314,81 +312,6 @@ def build_spec(args, argv: list[str]) -> dict:
             "command": "l2s-train " + " ".join(shlex.quote(a) for a in argv)}
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    write_json(path, obj)
-
-
-def cumulative_wall_time(records: list[dict]) -> float | None:
-    """Training wall time (s) from ``metrics.jsonl`` records. The trainer's ``time`` continues
-    across resumes; logs of older versions restart it at each resume, and their per-session
-    times are summed (time between the last log and an interruption is lost). None when
-    nothing was logged."""
-    total, last = 0.0, None
-    for r in sorted((r for r in records if isinstance(r.get("time"), (int, float))), key=lambda r: r["step"]):
-        if last is not None and r["time"] < last:
-            total += last
-        last = r["time"]
-    return None if last is None else total + last
-
-
-def complete_labels(labels: list[dict]) -> list[dict]:
-    """Fill ``abbreviation``, ``lr_partner`` and ``tissue`` of manifest label entries from
-    SynthSeg 2.0's default table (by label value) where absent; other entries unchanged."""
-    from l2s_pipelines.labels import LabelTable
-
-    default = {d["index"]: d for d in LabelTable.default().to_dict()["labels"]}
-    return [{**default.get(int(lab["index"]), {}), **lab} for lab in labels]
-
-
-def finalize_package(spec: dict, result: dict) -> Path:
-    """Complete the trained package's manifest and copy the training curves into it.
-
-    ``result`` is the training task's output (``model_dir``, ``metrics``). The manifest gains
-    ``training.tune_subjects``, ``val_subjects``, ``label_maps``, ``generation_labels``,
-    ``command``, ``budget`` (steps, warm-up, batch, patch, device, cumulative ``wall_time_s``),
-    ``curves`` (``metrics.jsonl``, copied into the package); with several planes the inference
-    mode becomes ``2.5d`` over those planes. The weights (and their sha256) are untouched.
-    """
-    from l2s_pipelines.bids_app.training_report import read_metrics
-    from l2s_pipelines.io.checkpoint import MANIFEST_NAME, read_manifest
-
-    pkg = Path(result["model_dir"])
-    manifest = read_manifest(pkg)
-    training = manifest.setdefault("training", {})
-    hyper = training.get("hyperparameters", {})
-    records = []
-    if result.get("metrics") and Path(result["metrics"]).is_file():
-        src, dst = Path(result["metrics"]), pkg / "metrics.jsonl"
-        if src.resolve() != dst.resolve():
-            dst.write_bytes(src.read_bytes())
-        training["curves"] = dst.name
-        records = read_metrics(dst)
-    cfg = spec["config"]
-    planes = cfg.get("planes") or []
-    if len(planes) > 1:
-        manifest["inference"] = dict(manifest.get("inference", {}), mode="2.5d", planes=list(planes))
-    manifest["labels"] = complete_labels(manifest["labels"])
-    training["planes"] = list(planes)
-    # subjects whose labels shaped the weights; validation-only subjects are listed separately
-    training["tune_subjects"] = ([p["subject"] for p in spec["real_train"]]
-                                 if cfg["method"] in NEEDS_REAL else [])
-    training["val_subjects"] = [p["subject"] for p in spec["real_val"]]
-    training["label_maps"] = [Path(p).name for p in spec["label_maps"]]
-    gen_used = "generation_labels" in hyper  # the trainer records what it used
-    training["generation_labels"] = (Path(spec["generation_labels"]).name
-                                     if spec.get("generation_labels") and gen_used else None)
-    if spec.get("generation_labels") and not gen_used:
-        LOG.warning("%s: this trainer does not take generation classes; it used one class per "
-                    "label (left/right merged)", spec["generation_labels"])
-    training["command"] = spec["command"]
-    training["budget"] = {"steps": training.get("steps", hyper.get("steps")),
-                          "warmup_steps": hyper.get("warmup_steps"), "batch_size": hyper.get("batch_size"),
-                          "patch_size": hyper.get("patch_size"), "device": hyper.get("device", cfg["device"]),
-                          "wall_time_s": cumulative_wall_time(records)}
-    _atomic_json(pkg / MANIFEST_NAME, manifest)
-    return pkg
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``l2s-train``; returns the exit code (0 ok, 1 training failed, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -403,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"l2s-train: error: {exc}", file=sys.stderr)
         return 2
+    from l2s_pipelines.bids_app.train_package import finalize_package
     from l2s_pipelines.workflows.training import run_train_wf
 
     try:

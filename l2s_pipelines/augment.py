@@ -17,8 +17,6 @@ from torch.nn import functional as F
 
 from l2s_pipelines.nn.unet import UNet, UNetConfig
 
-AUGMENT_COMPONENTS = ("noise", "bias", "gamma", "blur")  # the parts ParametricAugmenter switches
-
 
 def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y)) if y > 0 else -30.0

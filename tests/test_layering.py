@@ -40,7 +40,8 @@ def test_layer_imports_only_downwards(layer):
 def test_bids_driver_modules_import_neither_torch_nor_matplotlib():
     """The l2s-bids driver process (options, queries, derivatives, reports, the workflow
     factories and the run loop) leaves torch and matplotlib to the worker processes that need
-    them: each would add about a second to every run, a no-op rerun included."""
+    them: each would add about a second to every run, a no-op rerun included. So does the
+    l2s-train driver (its options and checks come before any training task)."""
     import subprocess
     import sys
 
@@ -48,6 +49,7 @@ def test_bids_driver_modules_import_neither_torch_nor_matplotlib():
             "import l2s_pipelines.bids_app.run, l2s_pipelines.bids_app.derivatives, l2s_pipelines.bids_app.report\n"
             "import l2s_pipelines.bids_app.queries, l2s_pipelines.bids_app.runlog\n"
             "import l2s_pipelines.workflows.participant, l2s_pipelines.workflows.execution\n"
+            "import l2s_pipelines.bids_app.train_cli, l2s_pipelines.bids_app.train_package\n"
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import build_bids
-from l2s_pipelines.bids_app.train_cli import cumulative_wall_time, main
+from l2s_pipelines.bids_app.train_cli import main
+from l2s_pipelines.bids_app.train_package import cumulative_wall_time
 from l2s_pipelines.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2s_pipelines.nn.unet import UNetConfig
-
-METHODS = ("l2s-parametric", "l2s-nonparametric", "synthseg", "oracle", "mixed", "finetune", "supervised")
-NEEDS_REAL = ("l2s-parametric", "l2s-nonparametric", "mixed", "finetune", "supervised")
+from l2s_pipelines.train import METHODS
 
 
 @dataclass

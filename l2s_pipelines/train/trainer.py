@@ -29,7 +29,8 @@ import torch
 from l2s_pipelines.augment import build_augmenter
 from l2s_pipelines.nn.losses import get_loss, mean_dice
 from l2s_pipelines.nn.unet import UNet, UNetConfig
-from l2s_pipelines.train.config import NEEDS_REAL, TrainConfig
+from l2s_pipelines.train import NEEDS_REAL
+from l2s_pipelines.train.config import TrainConfig
 from l2s_pipelines.train.data import CorruptedSyntheticPairs, NoiseCorruption, SyntheticSource
 from l2s_pipelines.train.functional_optim import make_optimizer, step_module, step_module_
 from l2s_pipelines.train.hypergrad import l2s_iteration

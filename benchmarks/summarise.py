@@ -102,6 +102,24 @@ def section_synthetic() -> list[str]:
                 "(same `--work` as noise_recovery.py: the Learn2Synth runs are shared).", ""]
     else:
         out += _missing("table2_dice.json", "benchmarks/table2_dice.py")
+    return out + section_parameter_recovery()
+
+
+def section_parameter_recovery() -> list[str]:
+    """Table 1's experiment for the augmenter's gamma and blur parts (``parameter_recovery.py``)."""
+    rec = _load("parameter_recovery.json")
+    if not rec:
+        return _missing("parameter_recovery.json", "benchmarks/parameter_recovery.py")
+    out = ["Recovery of the augmenter's gamma and blur parts (the Table 1 experiment for them): the "
+           "\"real\" images go through a frozen augmenter at the preset (truth); the learnable augmenter "
+           "has only that part, started away from it; inferred = mean over the last 10% of the steps:", "",
+           "| part | truth | start | inferred | final | steps (warm-up) | validation Dice |",
+           "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['part']} ({r['key']}) | {r['truth']} | {r['init']} | {_f(r['inferred'], 3)} | "
+            f"{_f(r['final'], 3)} | {r['steps']} ({r['warmup']}) | {_f(r.get('final_val_dice'))} |" for r in rec]
+    out += ["", "Command: `.venv/bin/python benchmarks/parameter_recovery.py --work runs/recovery`.", ""]
+    if (RESULTS / "parameter_recovery.png").is_file():
+        out += ["![learnable gamma spread and blur width against training step](results/parameter_recovery.png)", ""]
     return out
 
 
@@ -198,6 +216,21 @@ def section_campaign() -> list[str]:
     return out + section_arms()
 
 
+def _stage_rows(arms: dict, fork: dict) -> list[str]:
+    """Table of the stages of arms at equal CPU time (``record_accuracy.py --select`` records)."""
+    out = ["| arm | stage | step | minutes after the start | validation mean Dice | csf | cortex "
+           "| white matter | deep grey |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for arm, rec in arms.items():
+        for key, st in sorted(rec["stages"].items(), key=lambda kv: kv[1]["step"]):
+            t, sec = st["tissue_dice"], st.get("training_time_s")
+            minutes = None if sec is None or "time_s" not in fork else (sec - fork["time_s"]) / 60
+            out.append(f"| {arm} | {key} | {st['step']} | {_f(minutes, 0)} | {_f(st['mean_dice'])} | "
+                       f"{_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} | "
+                       f"{_f(t.get('deep_grey'))} |")
+    return out + [""]
+
+
 def section_arms() -> list[str]:
     """Learn2Synth against the plain baseline at equal CPU time (``l2s_vs_plain.sh``)."""
     out = ["### Learn2Synth against the plain baseline at equal CPU time", ""]
@@ -210,18 +243,26 @@ def section_arms() -> list[str]:
             f"{fork.get('lr', '?')} and decays on the clock (cosine to its end at the budget of "
             f"{_f(fork.get('minutes'), 0)} min). The Learn2Synth arm tunes its augmenter by hypergradients "
             f"on the tune subjects (a meta-step every {fork.get('hyper_every', '?')} step(s)); the plain "
-            f"arm trains on synthetic images only. Scored on the validation subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", "",
-            "| arm | stage | step | minutes after the fork | validation mean Dice | csf | cortex "
-            "| white matter | deep grey |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for arm, rec in arms.items():
-        for key, st in sorted(rec["stages"].items(), key=lambda kv: kv[1]["step"]):
-            t, sec = st["tissue_dice"], st.get("training_time_s")
-            minutes = None if sec is None or "time_s" not in fork else (sec - fork["time_s"]) / 60
-            out.append(f"| {arm} | {key} | {st['step']} | {_f(minutes, 0)} | {_f(st['mean_dice'])} | "
-                       f"{_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} | "
-                       f"{_f(t.get('deep_grey'))} |")
-    return out + [""]
+            f"arm trains on synthetic images only. Scored on the validation subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", ""]
+    return out + _stage_rows(arms, fork) + section_augmenter_bakeoff()
+
+
+def section_augmenter_bakeoff() -> list[str]:
+    """The paper's augmenter against one with gamma and blur too, at equal CPU time."""
+    out = ["### Learn2Synth's augmenter: noise and bias against noise, bias, gamma and blur", ""]
+    arms = {arm: _load(f"augmenter_bakeoff_{arm}.json") for arm in ("base", "rich")}
+    if not all(arms.values()):
+        return out + _missing("augmenter_bakeoff_{base,rich}.json",
+                              "benchmarks/augmenter_bakeoff.sh INIT_PACKAGE ARMS MINUTES")
+    fork = arms["base"].get("fork") or {}
+    out += [f"Both arms start from the weights of `{fork.get('init', '?')}` (step {fork.get('step', '?')}; "
+            f"Adam, augmenter and RNG restart in both) and train side by side, one thread each, for "
+            f"{_f(fork.get('minutes'), 0)} min of training time; lr restarted at {fork.get('lr', '?')}, "
+            f"decayed on the clock; a meta-step every {fork.get('hyper_every', '?')} steps. base tunes "
+            f"noise and bias (the paper's augmenter), rich also a per-image gamma spread and blur width "
+            f"(`l2s-train --augment noise bias gamma blur`). Validation subjects only "
+            f"({', '.join(arms['base']['subjects'])}), no test-time augmentation.", ""]
+    return out + _stage_rows(arms, fork)
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -210,6 +210,21 @@ def app_breakdown(out: Path, wall: float, text: str, start: float) -> dict:
     return b
 
 
+def task_timeline(work: Path, start_epoch: float) -> list[dict]:
+    """Pydra jobs of an ``l2s-bids`` run in the order they ended: task name and end time (seconds
+    after the process started; ``_result.pklz`` mtime). With one worker process the jobs run one
+    after another, so the gaps between end times are each job's cost including its dispatch."""
+    import cloudpickle
+
+    jobs = []
+    for folder in work.glob("python-*"):
+        if (folder / "_job.pklz").is_file() and (folder / "_result.pklz").is_file():
+            with open(folder / "_job.pklz", "rb") as fh:
+                name = type(cloudpickle.load(fh).task).__name__
+            jobs.append({"task": name, "end_s": round((folder / "_result.pklz").stat().st_mtime - start_epoch, 3)})
+    return sorted(jobs, key=lambda j: j["end_s"])
+
+
 def sidecar_medians(out: Path) -> dict:
     """Median over the images of ``out`` of the task runtime and each segmenter stage (s)."""
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("sub-*/**/*_dseg.json"))]
@@ -246,7 +261,7 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
         status = [row["status"] for row in read_summary(out_b)]
         if status != ["ok"]:
             raise SystemExit(f"l2s-bids run {r}: statuses {status}; log in {tmp / f'app_{r}.log'}")
-        app.append(app_breakdown(out_b, wall, text, start))
+        app.append({**app_breakdown(out_b, wall, text, start), "task_timeline": task_timeline(work_b, start)})
         print(f"repeat {r}: direct {direct[-1]['wall_s']:.1f} s, direct with QC and figures "
               f"{same[-1]['wall_s']:.1f} s, l2s-bids {app[-1]['wall_s']:.1f} s", flush=True)
         for folder in (out_b, work_b):

@@ -244,25 +244,36 @@ def section_arms() -> list[str]:
             f"{_f(fork.get('minutes'), 0)} min). The Learn2Synth arm tunes its augmenter by hypergradients "
             f"on the tune subjects (a meta-step every {fork.get('hyper_every', '?')} step(s)); the plain "
             f"arm trains on synthetic images only. Scored on the validation subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", ""]
-    return out + _stage_rows(arms, fork) + section_augmenter_bakeoff()
+    return out + _stage_rows(arms, fork) + section_bakeoffs()
 
 
-def section_augmenter_bakeoff() -> list[str]:
-    """The paper's augmenter against one with gamma and blur too, at equal CPU time."""
-    out = ["### Learn2Synth's augmenter: noise and bias against noise, bias, gamma and blur", ""]
-    arms = {arm: _load(f"augmenter_bakeoff_{arm}.json") for arm in ("base", "rich")}
-    if not all(arms.values()):
-        return out + _missing("augmenter_bakeoff_{base,rich}.json",
-                              "benchmarks/augmenter_bakeoff.sh INIT_PACKAGE ARMS MINUTES")
-    fork = arms["base"].get("fork") or {}
-    out += [f"Both arms start from the weights of `{fork.get('init', '?')}` (step {fork.get('step', '?')}; "
-            f"Adam, augmenter and RNG restart in both) and train side by side, one thread each, for "
-            f"{_f(fork.get('minutes'), 0)} min of training time; lr restarted at {fork.get('lr', '?')}, "
-            f"decayed on the clock; a meta-step every {fork.get('hyper_every', '?')} steps. base tunes "
-            f"noise and bias (the paper's augmenter), rich also a per-image gamma spread and blur width "
-            f"(`l2s-train --augment noise bias gamma blur`). Validation subjects only "
-            f"({', '.join(arms['base']['subjects'])}), no test-time augmentation.", ""]
-    return out + _stage_rows(arms, fork)
+#: what each bake-off compares (``benchmarks/bakeoff.sh NAME ...``)
+BAKEOFF_TITLES = {"augmenter": "Learn2Synth's augmenter: noise and bias (the paper's) against noise, bias, gamma and blur",
+                  "priors": "Generator priors: mild against SynthSeg's full ranges"}
+
+
+def section_bakeoffs() -> list[str]:
+    """Recipe bake-offs at equal CPU time from one package (``bakeoff.sh``), one table each."""
+    by_name: dict[str, dict] = {}
+    for path in sorted(RESULTS.glob("bakeoff_*.json")):
+        rec = json.loads(path.read_text())
+        meta = rec.get("bakeoff") or {}
+        by_name.setdefault(meta.get("name", path.stem), {})[meta.get("arm", path.stem)] = rec
+    if not by_name:
+        return ["### Recipe bake-offs", ""] + _missing("bakeoff_NAME_ARM.json", "benchmarks/bakeoff.sh NAME INIT RUNS MINUTES STAGE ARM OPTIONS ...")
+    out = []
+    for name, arms in by_name.items():
+        meta = next(iter(arms.values()))["bakeoff"]
+        options = "; ".join(f"{arm}: `{rec['bakeoff']['options'] or '(the recipe as it is)'}`" for arm, rec in arms.items())
+        out += [f"### Bake-off: {BAKEOFF_TITLES.get(name, name)}", "",
+                f"Every arm starts from the weights of `{meta['init']}` (step {meta['step']}; Adam, augmenter "
+                f"and RNG restart in each) and trains side by side with the others, one thread each, for "
+                f"{_f(meta['minutes'], 0)} min of training time (lr restarted at {meta['lr']}, decayed on the "
+                f"clock; Learn2Synth meta-step every {meta['hyper_every']} steps). Options: {options}. "
+                f"Validation subjects only ({', '.join(next(iter(arms.values()))['subjects'])}), no test-time "
+                f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`.", ""]
+        out += _stage_rows(arms, meta)
+    return out
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -27,7 +27,11 @@ bin=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin
 mkdir -p "$runs"
 for steps in "$@"; do
   out=$(printf '%s/step_%05d' "$runs" "$steps")
-  [ -f "$out/manifest.json" ] && continue
+  if [ -f "$out/manifest.json" ]; then  # done earlier; a stage stopped by the budget ends the loop
+    done_steps=$("$bin/python" -c "import json, sys; print(json.load(open(sys.argv[1]))['training']['steps'])" "$out/manifest.json")
+    [ "$done_steps" -lt "$steps" ] && break
+    continue
+  fi
   start=(); [ -d "$runs/run/checkpoint" ] && start=(--resume)
   if [ ${#start[@]} -eq 0 ] && [ -n "${INIT_WEIGHTS:-}" ]; then start=(--init-weights "$INIT_WEIGHTS"); fi
   "$bin/l2s-train" --label-maps "$data/label_maps" --real-bids "$data/bids_real" \

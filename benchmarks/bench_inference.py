@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     res = seg.segment(img, source_name=str(args.input), return_posteriors=keep,
                       posteriors_dtype=args.posteriors if keep else "float32")
     t = start
-    for name in ("checks", "preprocess", "predict", "to_native"):
+    for name in ("checks", "preprocess", "predict", "cleanup", "to_native"):
+        if name not in res.timings_s:  # cleanup: only when the package asks for it
+            continue
         stages[name] = (t, t + res.timings_s[name])
         t += res.timings_s[name]
     t0 = time.perf_counter()

@@ -273,7 +273,26 @@ def section_bakeoffs() -> list[str]:
                 f"Validation subjects only ({', '.join(next(iter(arms.values()))['subjects'])}), no test-time "
                 f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`.", ""]
         out += _stage_rows(arms, meta)
-    return out
+    return out + section_cleanup()
+
+
+def section_cleanup() -> list[str]:
+    """Connected-component clean-up of the posteriors against none (``cleanup_validation.py``)."""
+    rec = _load("cleanup_validation.json")
+    if not rec:
+        return _missing("cleanup_validation.json", "benchmarks/cleanup_validation.py PACKAGE")
+    out = ["### Post-processing: connected-component clean-up (SynthSeg-style)", "",
+           f"`{rec['package']}` (weights sha256 {rec.get('sha256', '?')[:12]}) on the validation subjects "
+           f"({', '.join(rec['subjects'])}), by `inference.cleanup`; command: `OMP_NUM_THREADS=2 "
+           f".venv/bin/python benchmarks/cleanup_validation.py PACKAGE --threads 2`.", "",
+           "| clean-up | validation mean Dice | " + " | ".join(rec["subjects"]) + " | csf | cortex | white matter | deep grey |",
+           "|---|---|" + "---|" * len(rec["subjects"]) + "---|---|---|---|"]
+    for name, st in rec["settings"].items():
+        t = st["tissue_dice"]
+        out.append(f"| {name} | {_f(st['mean_dice'], 4)} | "
+                   + " | ".join(_f(st["per_subject"].get(f"sub-{sub}", st["per_subject"].get(sub)), 4) for sub in rec["subjects"])
+                   + f" | {_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} | {_f(t.get('deep_grey'))} |")
+    return out + [""]
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

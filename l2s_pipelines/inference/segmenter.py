@@ -6,7 +6,8 @@ normalisation exactly as at training (:func:`~l2s_pipelines.io.preprocess.normal
 crop to the bounding box of non-zero normalised intensity (plus a margin); prediction (2D slices,
 2.5D = mean of softmax over planes, 3D sliding window; with the manifest's
 ``inference.flip_lr``, averaged with the prediction of the left-right mirrored volume, mirrored
-back with left and right labels swapped); model-space posteriors mapped back to
+back with left and right labels swapped); with ``inference.cleanup``, the posteriors cleaned by
+connected components on the model grid (:mod:`.cleanup`); model-space posteriors mapped back to
 the native grid (:mod:`.resample`), renormalised, argmax -> label values.
 
 Memory: the model-space posteriors cover the crop box only (float16 when large), and the native
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from l2s_pipelines.errors import InputError, ModelError
+from l2s_pipelines.inference.cleanup import CLEANUP_STEPS, clean_posteriors
 from l2s_pipelines.inference.memory import MemoryPlan
 from l2s_pipelines.io.checks import check_input_image
 from l2s_pipelines.inference.resample import native_blocks
@@ -69,7 +71,7 @@ class SegmentationResult:
     posteriors : (X, Y, Z, K) in label-table order (None if not requested): float32 summing to
         1 over K, or uint8 holding ``round(255 p)`` when ``posteriors_scale`` is ``1/255``.
     affine : the input's affine, unchanged. timings_s : seconds per stage (checks, preprocess,
-    predict, to_native, total).
+    predict, cleanup when the package asks for it, to_native, total).
     soft_sums : (K,) float64 sum over native voxels of each label's posterior (in voxels,
         computed from float32 posteriors whatever ``posteriors``' dtype); times the voxel
         volume = soft volumes in mm^3.
@@ -155,6 +157,10 @@ class Segmenter:
         self.overlap = float(inf.get("overlap", 0.5))
         self.blending = inf.get("blending", "gaussian")
         self.flip_lr = bool(inf.get("flip_lr", False))
+        self.cleanup = tuple(inf.get("cleanup") or ())
+        if set(self.cleanup) - set(CLEANUP_STEPS):
+            raise ModelError(f"model {manifest.get('name')!r}: inference.cleanup {list(self.cleanup)} "
+                             f"names an unknown step; choose from {list(CLEANUP_STEPS)}")
         pre = manifest["preprocessing"]
         self.voxel_size = tuple(float(v) for v in np.broadcast_to(pre.get("voxel_size_mm", 1.0), (3,)))
         self.percentiles = tuple(pre.get("percentiles", (1, 99)))
@@ -268,6 +274,10 @@ class Segmenter:
         del vol
         self._sync()
         t["predict"] = time.perf_counter() - t1
+        if self.cleanup:
+            t1 = time.perf_counter()
+            clean_posteriors(post, self.labels, self.cleanup)
+            t["cleanup"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         shape = img.shape[:3]
         dseg = np.empty(shape, dtype=np.int16)

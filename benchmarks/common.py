@@ -95,6 +95,25 @@ def environment() -> dict:
             or platform.machine(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (the benchmarks draw files, never windows)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    return plt
+
+
+def save_png(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (a hidden file beside it, then renamed)
+    and close it."""
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name)
+    fig.savefig(tmp, format="png")
+    pyplot().close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_budget_args, apply_quick, base_config, load_slices, no_noise_generator,  # noqa: E402
-                    noise_free_test_pairs, synthetic_pairs, tail_mean, trajectory, warm_started, write_json)
+                    noise_free_test_pairs, pyplot, save_png, synthetic_pairs, tail_mean, trajectory,
+                    warm_started, write_json)
 
 #: run order: the three sigmas Table 2 reuses first
 PRESETS = [0.05, 0.10, 0.15, 0.0, (0.025, 0.2)]
@@ -87,9 +88,7 @@ def main(argv=None):
 
 def plot_trajectories(results: list[dict], path: Path) -> Path:
     """Sigma of the augmenter against training step, one line per preset (dashed: the preset)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for i, r in enumerate(results):
         steps, sigmas = zip(*r["sigma_trajectory"]) if r["sigma_trajectory"] else ((), ())
@@ -100,12 +99,7 @@ def plot_trajectories(results: list[dict], path: Path) -> Path:
     ax.set(xlabel="training step (dotted: end of the plain warm-up)", ylabel="learnable noise sigma",
            title="Table 1: noise recovery (dashed: preset)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name("." + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_budget_args, apply_quick, base_config, load_slices,  # noqa: E402
-                    noise_free_test_pairs, synthetic_pairs, tail_mean, trajectory, warm_started, write_json)
+from common import (add_budget_args, apply_quick, base_config, load_slices, noise_free_test_pairs,  # noqa: E402
+                    pyplot, save_png, synthetic_pairs, tail_mean, trajectory, warm_started, write_json)
 
 #: part -> (its key in the augmenter's log, the augmenter option that sets its start value)
 PARTS = {"gamma": ("gamma_spread", "gamma_init"), "blur": ("blur_max_vox", "blur_init")}
@@ -98,9 +98,7 @@ def main(argv=None):
 
 def plot_recovery(results: list[dict], path: Path) -> Path:
     """One panel per part: the learnable parameter against step (dashed: the truth)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), dpi=100, squeeze=False)
     for ax, r in zip(axes[0], results):
         steps, values = zip(*r["trajectory"]) if r["trajectory"] else ((), ())
@@ -109,12 +107,7 @@ def plot_recovery(results: list[dict], path: Path) -> Path:
         ax.axvline(r["warmup"], color="grey", ls=":", lw=0.8)
         ax.set(xlabel="training step (dotted: end of the warm-up)", ylabel=r["key"], title=r["part"])
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name("." + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, path)
 
 
 if __name__ == "__main__":

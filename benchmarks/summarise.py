@@ -248,8 +248,9 @@ def section_arms() -> list[str]:
 
 
 #: what each bake-off compares (``benchmarks/bakeoff.sh NAME ...``)
-BAKEOFF_TITLES = {"augmenter": "Learn2Synth's augmenter: noise and bias (the paper's) against noise, bias, gamma and blur",
-                  "priors": "Generator priors: mild against SynthSeg's full ranges"}
+BAKEOFF_TITLES = {
+    "augmenter": "Learn2Synth's augmenter: noise and bias (the paper's) against noise, bias, gamma and blur",
+    "priors": "Generator priors: mild against SynthSeg's full ranges"}
 
 
 def section_bakeoffs() -> list[str]:
@@ -260,11 +261,13 @@ def section_bakeoffs() -> list[str]:
         meta = rec.get("bakeoff") or {}
         by_name.setdefault(meta.get("name", path.stem), {})[meta.get("arm", path.stem)] = rec
     if not by_name:
-        return ["### Recipe bake-offs", ""] + _missing("bakeoff_NAME_ARM.json", "benchmarks/bakeoff.sh NAME INIT RUNS MINUTES STAGE ARM OPTIONS ...")
+        return ["### Recipe bake-offs", ""] + _missing(
+            "bakeoff_NAME_ARM.json", "benchmarks/bakeoff.sh NAME INIT RUNS MINUTES STAGE ARM OPTIONS ...")
     out = []
     for name, arms in by_name.items():
         meta = next(iter(arms.values()))["bakeoff"]
-        options = "; ".join(f"{arm}: `{rec['bakeoff']['options'] or '(the recipe as it is)'}`" for arm, rec in arms.items())
+        options = "; ".join(f"{arm}: `{rec['bakeoff']['options'] or '(the recipe as it is)'}`"
+                            for arm, rec in arms.items())
         out += [f"### Bake-off: {BAKEOFF_TITLES.get(name, name)}", "",
                 f"Every arm starts from the weights of `{meta['init']}` (step {meta['step']}; Adam, augmenter "
                 f"and RNG restart in each) and trains side by side with the others, one thread each, for "
@@ -285,13 +288,15 @@ def section_cleanup() -> list[str]:
            f"`{rec['package']}` (weights sha256 {rec.get('sha256', '?')[:12]}) on the validation subjects "
            f"({', '.join(rec['subjects'])}), by `inference.cleanup`; command: `OMP_NUM_THREADS=2 "
            f".venv/bin/python benchmarks/cleanup_validation.py PACKAGE --threads 2`.", "",
-           "| clean-up | validation mean Dice | " + " | ".join(rec["subjects"]) + " | csf | cortex | white matter | deep grey |",
+           "| clean-up | validation mean Dice | " + " | ".join(rec["subjects"])
+           + " | csf | cortex | white matter | deep grey |",
            "|---|---|" + "---|" * len(rec["subjects"]) + "---|---|---|---|"]
     for name, st in rec["settings"].items():
         t = st["tissue_dice"]
-        out.append(f"| {name} | {_f(st['mean_dice'], 4)} | "
-                   + " | ".join(_f(st["per_subject"].get(f"sub-{sub}", st["per_subject"].get(sub)), 4) for sub in rec["subjects"])
-                   + f" | {_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} | {_f(t.get('deep_grey'))} |")
+        per_subject = [st["per_subject"].get(f"sub-{sub}", st["per_subject"].get(sub)) for sub in rec["subjects"]]
+        out.append(f"| {name} | {_f(st['mean_dice'], 4)} | " + " | ".join(_f(d, 4) for d in per_subject)
+                   + f" | {_f(t.get('csf'))} | {_f(t.get('cortex'))} | {_f(t.get('white_matter'))} "
+                   f"| {_f(t.get('deep_grey'))} |")
     return out + [""]
 
 

@@ -49,7 +49,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(sizes.argmax())
 
 
-def clean_posteriors(post: torch.Tensor, table: LabelTable, steps=CLEANUP_STEPS, threshold: float = 0.2) -> torch.Tensor:
+def clean_posteriors(post: torch.Tensor, table: LabelTable, steps=CLEANUP_STEPS,
+                     threshold: float = 0.2) -> torch.Tensor:
     """Clean ``post`` ``(K, *spatial)`` (channel 0 background; any device, float16 or float32) in
     place by the ``steps`` named in :data:`CLEANUP_STEPS`; returns it."""
     unknown = set(steps) - set(CLEANUP_STEPS)

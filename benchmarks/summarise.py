@@ -250,7 +250,7 @@ def section_arms() -> list[str]:
 #: what each bake-off compares (``benchmarks/bakeoff.sh NAME ...``)
 BAKEOFF_TITLES = {
     "augmenter": "Learn2Synth's augmenter: noise and bias (the paper's) against noise, bias, gamma and blur",
-    "priors": "Generator priors: mild against SynthSeg's full ranges"}
+    "3d": "3D at 3 mm against 2.5D at 2 mm, from scratch"}
 
 
 def section_bakeoffs() -> list[str]:
@@ -269,10 +269,14 @@ def section_bakeoffs() -> list[str]:
         options = "; ".join(f"{arm}: `{rec['bakeoff']['options'] or '(the recipe as it is)'}`"
                             for arm, rec in arms.items())
         out += [f"### Bake-off: {BAKEOFF_TITLES.get(name, name)}", "",
-                f"Every arm starts from the weights of `{meta['init']}` (step {meta['step']}; Adam, augmenter "
-                f"and RNG restart in each) and trains side by side with the others, one thread each, for "
-                f"{_f(meta['minutes'], 0)} min of training time (lr restarted at {meta['lr']}, decayed on the "
-                f"clock; Learn2Synth meta-step every {meta['hyper_every']} steps). Options: {options}. "
+                (f"Every arm starts from the weights of `{meta['init']}` (step {meta['step']}; Adam, augmenter "
+                 f"and RNG restart in each)" if meta["init"] else "Every arm starts from scratch (same seed)")
+                + " and trains side by side with the others, one thread each, for "
+                f"{_f(meta['minutes'], 0)} min of training time (lr {'restarted at ' if meta['init'] else ''}"
+                f"{meta['lr']}, decayed on the clock; "
+                + (f"Learn2Synth, a meta-step every {meta['hyper_every']} steps" if meta.get("method", "l2s-parametric")
+                   .startswith("l2s") else f"method {meta['method']}")
+                + f"). Options: {options}. "
                 f"Validation subjects only ({', '.join(next(iter(arms.values()))['subjects'])}), no test-time "
                 f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`.", ""]
         out += _stage_rows(arms, meta)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from l2s_pipelines.nn.unet import UNet, UNetConfig
+from l2s_pipelines.synth.sampling import FWHM_TO_SIGMA, apply_along_axes, resolution_matrix
 
 
 def _inv_softplus(y: float) -> float:
@@ -33,24 +34,14 @@ def smooth_field(coarse: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(coarse, size=size, mode=mode, align_corners=True)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of ``x (B, C, *sp)`` with one standard deviation per batch element,
-    ``sigma (B,)`` in voxels (differentiable in sigma; sigma -> 0 is the identity), kernel support
-    ``2 * radius + 1`` voxels, edges replicated. Same code in 2D and 3D."""
-    b, c, sp = x.shape[0], x.shape[1], x.shape[2:]
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    s = sigma.to(x.dtype).clamp_min(1e-3).view(b, 1)
-    kernel = torch.exp(-0.5 * (t / s) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
-    conv = F.conv2d if len(sp) == 2 else F.conv3d
-    out = x.reshape(1, b * c, *sp)
-    for axis in range(len(sp)):
-        shape = [b * c, 1] + [1] * len(sp)
-        shape[2 + axis] = 2 * radius + 1
-        pad = [0] * (2 * len(sp))
-        pad[2 * (len(sp) - 1 - axis)] = pad[2 * (len(sp) - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=b * c)
-    return out.reshape(x.shape)
+    ``sigma (B,)`` in voxels (differentiable in sigma; sigma -> 0 is the identity): the
+    generator's own blur operator (:func:`l2s_pipelines.synth.sampling.resolution_matrix` at the
+    full resolution) along every axis. Same code in 2D and 3D."""
+    fwhm = sigma / FWHM_TO_SIGMA
+    full = torch.ones_like(fwhm)
+    return apply_along_axes(x, [resolution_matrix(n, fwhm, full) for n in x.shape[2:]])
 
 
 class ParametricAugmenter(nn.Module):
@@ -158,8 +149,7 @@ class ParametricAugmenter(nn.Module):
             exponent = torch.exp(self.gamma_spread().to(x.dtype) * draws["z_gamma"])
             out = out.clamp_min(1e-4) ** exponent.view(-1, *([1] * (x.ndim - 1)))
         if self.blur:
-            out = gaussian_blur(out, self.blur_upper().to(x.dtype) * draws["v_blur"],
-                                radius=math.ceil(3 * self.blur_max))
+            out = gaussian_blur(out, self.blur_upper().to(x.dtype) * draws["v_blur"])
         if self.noise:
             lo, hi = self.sigma_bounds()
             sigma = (lo + (hi - lo) * draws["u"]).to(x.dtype) if self.sigma_range else lo.to(x.dtype).expand(x.shape[0])

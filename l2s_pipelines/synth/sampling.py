@@ -101,7 +101,7 @@ def resolution_matrix(n: int, fwhm: torch.Tensor, factor: torch.Tensor) -> torch
     sigma2 = (fwhm[:, None, None] * FWHM_TO_SIGMA) ** 2
     sigma2 = sigma2 + torch.where(f > 1, (f * FWHM_TO_SIGMA) ** 2, torch.zeros_like(f))
     sigma2 = sigma2.clamp_min(0.05**2)
-    k = torch.arange(n, device=device, dtype=torch.float32)
+    k = torch.arange(n, device=device, dtype=fwhm.dtype)
     pos = k[None, :, None] * f  # (B, K, 1): low-resolution sample positions
     valid = k[None, :, None] <= torch.ceil((n - 1) / f)  # (B, K, 1)
     j = k[None, None, :]

@@ -290,7 +290,8 @@ def section_cleanup() -> list[str]:
         return _missing("cleanup_validation.json", "benchmarks/cleanup_validation.py PACKAGE")
     out = ["### Post-processing: connected-component clean-up (SynthSeg-style)", "",
            f"`{rec['package']}` (weights sha256 {rec.get('sha256', '?')[:12]}) on the validation subjects "
-           f"({', '.join(rec['subjects'])}), by `inference.cleanup`; command: `OMP_NUM_THREADS=2 "
+           f"({', '.join(rec['subjects'])}), by `inference.cleanup`, every other inference setting the "
+           f"package's own (its mirror test-time augmentation included); command: `OMP_NUM_THREADS=2 "
            f".venv/bin/python benchmarks/cleanup_validation.py PACKAGE --threads 2`.", "",
            "| clean-up | validation mean Dice | " + " | ".join(rec["subjects"])
            + " | csf | cortex | white matter | deep grey |",

@@ -17,9 +17,14 @@
 #   e.g. (the augmenter bake-off: the paper's noise and bias against noise, bias, gamma and blur)
 #   nohup nice -n 5 bash benchmarks/bakeoff.sh augmenter /work/runs/arms/l2s/step_38000 /work/runs/aug \
 #       95 2000 base "" rich "--augment noise bias gamma blur" &
-#   (3D at 3 mm against 2.5D at 2 mm, from scratch)
+#   (3D at 3 mm against 2.5D at 2 mm, from scratch; validation during training off in both arms:
+#   it counts in the training time, and a step-based interval would charge the cheaper 2.5D steps
+#   more often)
 #   ARM_LR=1e-3 nohup nice -n 5 bash benchmarks/bakeoff.sh 3d none /work/runs/3d 45 1500 \
-#       2p5d "" 3d "--ndim 3 --plane axial --voxel-size 3 --patch-size 64 --batch-size 1" &
+#       2p5d "--eval-every 100000" \
+#       3d "--ndim 3 --plane axial --voxel-size 3 --patch-size 64 --batch-size 1 --eval-every 100000" &
+#   To extend a finished bake-off, delete each arm's last (budget-stopped) stage folder and its
+#   entry in the results, then rerun with a larger MINUTES.
 #
 # Rerunning the same command resumes every arm; rescoring skips the stages already scored.
 set -euo pipefail

@@ -213,7 +213,7 @@ def section_campaign() -> list[str]:
         out.append("")
     else:
         out += _missing("campaign_validation.json", "benchmarks/record_accuracy.py --select RUNS_DIR")
-    return out + section_arms()
+    return out + section_arms() + section_bakeoffs() + section_cleanup()
 
 
 def _stage_rows(arms: dict, fork: dict) -> list[str]:
@@ -244,7 +244,7 @@ def section_arms() -> list[str]:
             f"{_f(fork.get('minutes'), 0)} min). The Learn2Synth arm tunes its augmenter by hypergradients "
             f"on the tune subjects (a meta-step every {fork.get('hyper_every', '?')} step(s)); the plain "
             f"arm trains on synthetic images only. Scored on the validation subjects ({', '.join(arms['l2s']['subjects'])}), no test-time augmentation.", ""]
-    return out + _stage_rows(arms, fork) + section_bakeoffs()
+    return out + _stage_rows(arms, fork)
 
 
 #: what each bake-off compares (``benchmarks/bakeoff.sh NAME ...``)
@@ -280,7 +280,7 @@ def section_bakeoffs() -> list[str]:
                 f"Validation subjects only ({', '.join(next(iter(arms.values()))['subjects'])}), no test-time "
                 f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`.", ""]
         out += _stage_rows(arms, meta)
-    return out + section_cleanup()
+    return out
 
 
 def section_cleanup() -> list[str]:

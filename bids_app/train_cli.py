@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plane", nargs="+", choices=(*sorted(PLANES), "all"), default=["axial"],
         help="2D slicing plane(s); several planes (or 'all' = the three) train one network on "
              "slices of each and fuse them at inference (2.5D). Sagittal slices hold no "
-             "left-right cue: the left-right flip augmentation is then switched off")
+             "left-right cue: with other planes, they are learnt on left/right-merged labels "
+             "and inference takes the side from the other planes (FastSurfer's approach); "
+             "alone, the left-right flip augmentation is switched off")
     add("--voxel-size", type=float, default=1.0, metavar="MM", help="isotropic training voxel size (mm)")
     add("--patch-size", type=int, nargs="+", default=None, metavar="N",
         help="patch size in voxels (one value for all axes, or one per axis)")
@@ -288,8 +290,9 @@ def build_spec(args, argv: list[str]) -> dict:
     config = {
         "method": args.method, "ndim": args.ndim, "planes": planes if args.ndim == 2 else [],
         # the generator flips the first in-plane axis (left-right in axial and coronal slices;
-        # anterior-posterior in sagittal ones, where a flip with a label swap would be wrong)
-        "generator": _generator_priors(args.priors, flip=not (args.ndim == 2 and "sagittal" in planes)),
+        # anterior-posterior in sagittal ones, which are never flipped: their elements are
+        # left/right-merged with other planes, and the flip is off for sagittal alone)
+        "generator": _generator_priors(args.priors, flip=not (args.ndim == 2 and planes == ["sagittal"])),
         "amp": args.amp, "lr_schedule": args.lr_schedule, "lr_warmup": args.lr_warmup,
         "lr_end": args.lr_end, "schedule_steps": args.schedule_steps,
         "synth_val_size": args.synth_val_size,

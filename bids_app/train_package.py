@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from l2s_pipelines.planes import LR_MERGED_PLANES
 from l2s_pipelines.system import write_json
 from l2s_pipelines.train import NEEDS_REAL
 
@@ -41,7 +42,8 @@ def finalize_package(spec: dict, result: dict) -> Path:
     ``training.tune_subjects``, ``val_subjects``, ``label_maps``, ``generation_labels``,
     ``command``, ``budget`` (steps, warm-up, batch, patch, device, cumulative ``wall_time_s``),
     ``curves`` (``metrics.jsonl``, copied into the package); with several planes the inference
-    mode becomes ``2.5d`` over those planes. The weights (and their sha256) are untouched.
+    mode becomes ``2.5d`` over those planes (``lr_merged_planes``: the sagittal one). The
+    weights (and their sha256) are untouched.
     """
     from l2s_pipelines.bids_app.training_report import read_metrics
     from l2s_pipelines.io.checkpoint import MANIFEST_NAME, read_manifest
@@ -61,6 +63,9 @@ def finalize_package(spec: dict, result: dict) -> Path:
     planes = cfg.get("planes") or []
     if len(planes) > 1:
         manifest["inference"] = dict(manifest.get("inference", {}), mode="2.5d", planes=list(planes))
+        merged = [p for p in planes if p in LR_MERGED_PLANES]  # learnt on left/right-merged labels
+        if merged:
+            manifest["inference"]["lr_merged_planes"] = merged
     manifest["labels"] = complete_labels(manifest["labels"])
     training["planes"] = list(planes)
     # subjects whose labels shaped the weights; validation-only subjects are listed separately

@@ -10,3 +10,7 @@ manifests and the report figures (no torch or numpy import, so command lines can
 PLANES = ("sagittal", "coronal", "axial")
 #: RAS axis each plane's slices run along.
 PLANE_AXIS = {plane: axis for axis, plane in enumerate(PLANES)}
+#: Planes whose slices do not show the hemisphere (a sagittal slice looks alike on both sides):
+#: 2D networks learn them on left/right-merged labels and inference takes the side from the other
+#: planes (:mod:`l2s_pipelines.lr_merge`).
+LR_MERGED_PLANES = ("sagittal",)

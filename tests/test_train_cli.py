@@ -58,6 +58,7 @@ def test_synthseg_debug_all_planes(label_maps, tmp_path):
     assert model.config.ndim == 2 and model.config.widths == (4, 8)
     assert manifest["inference"]["mode"] == "2.5d"
     assert manifest["inference"]["planes"] == ["axial", "coronal", "sagittal"]
+    assert manifest["inference"]["lr_merged_planes"] == ["sagittal"]  # learnt on merged labels
     training = manifest["training"]
     assert training["method"] == "synthseg" and training["steps"] == 2
     assert training["tune_subjects"] == [] and training["val_subjects"] == ["sub-ixi012"]
@@ -195,12 +196,13 @@ def test_priors_and_schedule_options_reach_the_trainer(label_maps, tmp_path):
 
 @pytest.mark.parametrize("planes, expected, flip_off", [
     (["axial", "coronal"], ["axial", "coronal"], False),
-    (["all"], ["axial", "coronal", "sagittal"], True),
+    (["all"], ["axial", "coronal", "sagittal"], False),
     (["sagittal"], ["sagittal"], True),
 ])
 def test_planes_and_left_right_flip(planes, expected, flip_off, label_maps, tmp_path):
     """Sagittal slices have no left-right axis: the generator's flip (first in-plane axis,
-    with a left/right label swap) must be off whenever they are trained on."""
+    with a left/right label swap) is off for sagittal alone; with other planes it stays on and
+    the sagittal elements (left/right-merged) are never flipped (tests/test_lr_merge.py)."""
     from l2s_pipelines.bids_app.train_cli import build_parser, build_spec
 
     argv = ["--label-maps", str(label_maps), "--method", "synthseg", "--plane", *planes,

@@ -41,11 +41,16 @@ class MultiPlaneSampler:
     ``datasets``: one ``LabelMapDataset`` or ``RealPairDataset`` per plane (sharing volumes;
     see :func:`_per_plane`). ``sample_batch`` returns what the datasets return (a label-map
     tensor ``(B, 1, H, W)``, or an ``(image, target)`` pair), elements grouped by plane.
+    Elements of the planes in ``merged_planes`` (sagittal: :mod:`l2s_pipelines.lr_merge`) have
+    left/right-merged targets: pairs come with merged-encoded targets (``flip_lut`` needed), and
+    label maps come as ``(maps, merge_lr (B,) bool)`` so that the generator encodes them.
     """
 
-    def __init__(self, datasets):
+    def __init__(self, datasets, merged_planes=(), flip_lut=None):
         self.datasets = list(datasets)
         self.subjects = getattr(self.datasets[0], "subjects", None)
+        self.merged = [getattr(d, "plane", None) in set(merged_planes) for d in self.datasets]
+        self.flip_lut = flip_lut
 
     def __len__(self) -> int:
         return len(self.datasets[0])
@@ -56,13 +61,21 @@ class MultiPlaneSampler:
         which = torch.randint(0, len(self.datasets), (batch_size,), generator=generator)
         parts = [self.datasets[k].sample_batch(int(n), generator, patch_size)
                  for k, n in enumerate(torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
+        merged = [m for m, n in zip(self.merged, torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
         pair = isinstance(parts[0], tuple)
         parts = [p if pair else (p,) for p in parts]
         if patch_size is None:  # planes give slices of different shapes: zero-pad, centred
             shape = [max(p[0].shape[d] for p in parts) for d in (-2, -1)]
             parts = [tuple(_pad_to(t, shape) for t in p) for p in parts]
+        if pair:
+            from l2s_pipelines.lr_merge import encode_merged
+            parts = [(x, encode_merged(y, self.flip_lut)) if m else (x, y) for (x, y), m in zip(parts, merged)]
         out = tuple(torch.cat(items) for items in zip(*parts))
-        return out if pair else out[0]
+        if pair:
+            return out
+        if not any(self.merged):
+            return out[0]
+        return out[0], torch.cat([torch.full((len(p[0]),), m) for p, m in zip(parts, merged)])
 
 
 def _pad_to(t, shape):
@@ -73,8 +86,9 @@ def _pad_to(t, shape):
     return F.pad(t, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)) if dh or dw else t
 
 
-def _per_plane(dataset, planes):
-    """Copies of a 2D ``dataset`` that share its volumes, one per plane (slice index rebuilt)."""
+def _per_plane(dataset, planes, merged_planes=(), flip_lut=None):
+    """Copies of a 2D ``dataset`` that share its volumes, one per plane (slice index rebuilt),
+    as one :class:`MultiPlaneSampler` (``merged_planes``, ``flip_lut``: see there)."""
     import copy
 
     from l2s_pipelines.io import nifti
@@ -91,7 +105,7 @@ def _per_plane(dataset, planes):
             masks = [v > 0 for v in vols]  # label values / channel indices; IGNORE_INDEX < 0
         clone.plane, clone.index = plane, nifti._SliceIndex(masks, plane, 0.25)
         out.append(clone)
-    return MultiPlaneSampler(out)
+    return MultiPlaneSampler(out, merged_planes, flip_lut)
 
 
 def _train_config(spec: dict):
@@ -142,6 +156,7 @@ def train_from_spec(spec: dict) -> dict:
 
     from l2s_pipelines.io.nifti import LabelMapDataset, RealPairDataset
     from l2s_pipelines.labels import LabelTable
+    from l2s_pipelines.planes import LR_MERGED_PLANES
     from l2s_pipelines.train.trainer import train
 
     torch.set_num_threads(int(spec.get("nthreads") or _cpus()))
@@ -160,7 +175,8 @@ def train_from_spec(spec: dict) -> dict:
 
     real_train, real_val = pairs("real_train"), pairs("real_val")
     if config.ndim == 2 and len(planes) > 1:
-        label_maps, real_train, real_val = (None if d is None else _per_plane(d, planes)
+        merged = [p for p in planes if p in LR_MERGED_PLANES]
+        label_maps, real_train, real_val = (None if d is None else _per_plane(d, planes, merged, table.channel_flip_lut())
                                             for d in (label_maps, real_train, real_val))
     result = train(config, label_maps=label_maps, real_train=real_train, real_val=real_val,
                    out_dir=Path(spec["out_dir"]), resume=bool(spec["config"].get("resume")))
@@ -225,7 +241,9 @@ def save_examples_from_run(path: Path, config, table, label_maps, real, augmente
     synth = aug = np.zeros((0, 1, 1), np.float32)
     if label_maps is not None:
         gcfg = dict(config.generator, patch_size=list(patch), percentiles=list(config.percentiles))
-        x_s, _ = SynthGenerator(SynthConfig.from_dict(gcfg), table)(label_maps.sample_batch(n, gen, patch), gen)
+        maps = label_maps.sample_batch(n, gen, patch)
+        maps, merge_lr = maps if isinstance(maps, tuple) else (maps, None)
+        x_s, _ = SynthGenerator(SynthConfig.from_dict(gcfg), table)(maps, gen, merge_lr)
         synth = as2d(x_s)
         if augmenter is not None:
             with torch.no_grad():

@@ -153,6 +153,7 @@ class Segmenter:
         self.planes = list(inf.get("planes") or ["axial"])
         if self.mode == "2d":
             self.planes = self.planes[:1]
+        self.lr_merged_planes = [p for p in inf.get("lr_merged_planes") or [] if p in self.planes]
         self.patch_size = inf.get("patch_size") if self.mode == "3d" else None
         self.overlap = float(inf.get("overlap", 0.5))
         self.blending = inf.get("blending", "gaussian")
@@ -231,7 +232,8 @@ class Segmenter:
             self._check_window_count(tuple(vol.shape))
             return predict_sliding_window(self.model, vol, out, patch_size=self.patch_size, overlap=self.overlap,
                                           blending=self.blending, activation_budget_bytes=self.activation_budget_bytes)
-        return predict_planes(self.model, vol, out, self.planes, activation_budget_bytes=self.activation_budget_bytes)
+        return predict_planes(self.model, vol, out, self.planes, activation_budget_bytes=self.activation_budget_bytes,
+                              merged_planes=self.lr_merged_planes, flip_lut=self.labels.channel_flip_lut())
 
     def _posteriors_array(self, shape, dtype: str):
         """Preallocated native posteriors ``(*shape, K)`` (float32 or uint8) and their scale."""

@@ -18,7 +18,9 @@ import math
 import torch
 from torch.nn import functional as F
 
-PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+from l2s_pipelines.lr_merge import split_merged
+from l2s_pipelines.planes import PLANE_AXIS
+
 
 
 def bytes_per_voxel(model) -> int:
@@ -42,18 +44,28 @@ def _pad_to(x: torch.Tensor, shape) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_planes(model, vol: torch.Tensor, out: torch.Tensor, planes, *,
-                   activation_budget_bytes: int = 1 << 30) -> torch.Tensor:
+                   activation_budget_bytes: int = 1 << 30, merged_planes=(),
+                   flip_lut: torch.Tensor | None = None) -> torch.Tensor:
     """2D / 2.5D: softmax of a 2D network over every slice of each plane, averaged over planes.
 
     ``out`` ``(K, X, Y, Z)`` is overwritten. Slices are padded in-plane to multiples of
-    ``2**(levels-1)`` and processed in batches sized to the activation budget.
+    ``2**(levels-1)`` and processed in batches sized to the activation budget. Planes in
+    ``merged_planes`` were trained with left/right-merged labels (:mod:`l2s_pipelines.lr_merge`):
+    they run after the others, and each pair's probability is split between left and right as
+    the other planes' posteriors share it (``flip_lut``: channel -> partner); at least one plane
+    must not be merged.
     """
+    unknown = [p for p in planes if p not in PLANE_AXIS]
+    if unknown:
+        raise ValueError(f"unknown plane {unknown[0]!r}; choose from {sorted(PLANE_AXIS)}")
+    merged = [p for p in planes if p in set(merged_planes)]
+    if merged and (flip_lut is None or len(merged) == len(planes)):
+        raise ValueError(f"planes {merged} have left/right-merged labels: they need flip_lut and "
+                         f"at least one plane that tells left from right")
     out.zero_()
     mult = pad_multiple(len(model.config.widths))
     dtype = next(model.parameters()).dtype
-    for plane in planes:
-        if plane not in PLANE_AXIS:
-            raise ValueError(f"unknown plane {plane!r}; choose from {sorted(PLANE_AXIS)}")
+    for plane in [p for p in planes if p not in merged] + merged:
         axis = PLANE_AXIS[plane]
         stack = vol.movedim(axis, 0)  # (N, H, W), in-plane axes in increasing order
         h, w = stack.shape[1:]
@@ -63,6 +75,8 @@ def predict_planes(model, vol: torch.Tensor, out: torch.Tensor, planes, *,
         for s in range(0, stack.shape[0], batch):
             x = _pad_to(stack[s:s + batch, None].to(dtype), (hp, wp))
             prob = torch.softmax(model(x).float(), dim=1)[:, :, :h, :w]  # (B, K, H, W)
+            if plane in merged:  # the unmerged planes' sum so far gives the left/right shares
+                prob = split_merged(prob, target[:, s:s + batch].transpose(0, 1), flip_lut)
             target[:, s:s + batch] += (prob.transpose(0, 1) / len(planes)).to(out.dtype)
     return out
 

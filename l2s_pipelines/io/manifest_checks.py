@@ -16,6 +16,7 @@ preprocessing.voxel_size   one or three numbers in mm, :data:`VOXEL_MM_RANGE`
 percentiles                two numbers, ``0 <= low < high <= 100``
 inference.mode             ``2d``, ``2.5d`` (2D network) or ``3d`` (3D network)
 inference.planes           2D: distinct, of ``axial``, ``coronal``, ``sagittal`` (empty: axial)
+inference.lr_merged_planes planes trained on left/right-merged labels (sagittal only), not all
 inference.patch_size       integers (3 for a 3D network), 1 to :data:`MAX_PATCH` voxels, or absent
 inference.overlap          a number in ``[0, MAX_OVERLAP]`` (3D windows per axis <= ~1/(1-o))
 inference.blending         ``gaussian`` or ``constant``
@@ -32,7 +33,7 @@ import os
 import re
 
 from l2s_pipelines.errors import ModelError
-from l2s_pipelines.planes import PLANES
+from l2s_pipelines.planes import LR_MERGED_PLANES, PLANES
 
 MAX_LEVELS, MAX_WIDTH, MAX_CONVS, MAX_IN_CHANNELS = 8, 512, 4, 4
 VOXEL_MM_RANGE = (0.25, 10.0)
@@ -109,6 +110,12 @@ def _check_inference(inf, ndim: int, where) -> None:
     if ndim == 2 and (not isinstance(planes, list) or len(set(map(str, planes))) != len(planes)
                       or not all(p in PLANES for p in planes)):
         raise ModelError(f"{where}: inference.planes must be distinct names of {', '.join(sorted(PLANES))}")
+    merged = inf.get("lr_merged_planes") or []
+    if merged and (ndim != 2 or not isinstance(merged, list) or not set(merged) <= set(LR_MERGED_PLANES)
+                   or not set(merged) <= set(planes) or set(planes) <= set(merged)):
+        raise ModelError(f"{where}: inference.lr_merged_planes must list planes of inference.planes with "
+                         f"left/right-merged labels ({', '.join(LR_MERGED_PLANES)}), leaving at least one "
+                         f"plane that tells left from right")
     patch = inf.get("patch_size")  # used by 3D networks only (2D ones predict whole slices)
     if patch is not None and (not isinstance(patch, list) or len(patch) != (3 if ndim == 3 else len(patch))
                               or not all(_int(p) and 1 <= p <= MAX_PATCH for p in patch)):

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from l2s_pipelines.labels import IGNORE_INDEX
+from l2s_pipelines.lr_merge import has_merged, pool_merged
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,11 +85,28 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str) -> LossFn:
-    """Loss function by name: one of ``dice``, ``ce``, ``logit_mse``, ``dice+ce``."""
+def get_loss(name: str, flip_lut: torch.Tensor | None = None) -> LossFn:
+    """Loss function by name: one of ``dice``, ``ce``, ``logit_mse``, ``dice+ce``.
+
+    With ``flip_lut`` (channel -> left/right partner, ``(K,)`` long) the loss also takes targets
+    with left/right-merged voxels (:mod:`l2s_pipelines.lr_merge`: values ``K + c``) and scores
+    those on the pair's pooled probability; other targets give the plain loss.
+    """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
-    return LOSSES[name]
+    if flip_lut is None:
+        return LOSSES[name]
+    base = LOSSES[name]
+
+    def merged_loss(logits: torch.Tensor, target: torch.Tensor, **kw) -> torch.Tensor:
+        if base is logit_mse_loss:  # scores logits, not probabilities: no pooled form
+            if has_merged(target, logits.shape[1]):
+                raise ValueError("loss 'logit_mse' does not take left/right-merged targets "
+                                 "(sagittal slices); use dice, ce or dice+ce")
+            return base(logits, target, **kw)
+        return base(*pool_merged(logits, target, flip_lut), **kw)
+
+    return merged_loss
 
 
 @torch.no_grad()

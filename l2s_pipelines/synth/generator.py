@@ -16,6 +16,7 @@ import torch
 
 from l2s_pipelines.io.preprocess import normalise_intensity
 from l2s_pipelines.labels import IGNORE_INDEX, LabelTable, generation_classes
+from l2s_pipelines.lr_merge import encode_merged
 from l2s_pipelines.synth import intensity as inten
 from l2s_pipelines.synth import spatial
 from l2s_pipelines.synth.sampling import bernoulli, new_seed
@@ -121,6 +122,7 @@ class SynthParams:
     noise_seed: int | None = None
     flip: torch.Tensor | None = None  # (B,) bool
     skull_strip: torch.Tensor | None = None  # (B,) bool: extracerebral labels -> background
+    merge_lr: torch.Tensor | None = None  # (B,) bool: left/right-merged targets, never flipped
     background_zero: torch.Tensor | None = None  # (B,) bool: background class intensity 0
 
     def scalars(self) -> dict:
@@ -150,6 +152,8 @@ class SynthGenerator:
     Call ``gen(label_maps, generator)`` with label maps ``(B, 1, *spatial)`` (integer source
     label values) to get ``image (B, 1, *patch)`` float32 in [0, 1] (when rescaling) and
     ``target (B, *patch)`` long channel indices (IGNORE_INDEX where the source is 255).
+    ``merge_lr`` ``(B,)`` bool (optional): elements whose targets are left/right-merged
+    (:mod:`l2s_pipelines.lr_merge`; sagittal slices) and which are never flipped.
     """
 
     def __init__(self, config: SynthConfig | None = None, label_table: LabelTable | None = None,
@@ -179,8 +183,10 @@ class SynthGenerator:
         return self._luts[key]
 
     # ------------------------------------------------------------------ sample / apply
-    def sample(self, label_maps: torch.Tensor, generator: torch.Generator) -> SynthParams:
-        """Draw the parameters for a batch of label maps (B, 1, *spatial)."""
+    def sample(self, label_maps: torch.Tensor, generator: torch.Generator,
+               merge_lr: torch.Tensor | None = None) -> SynthParams:
+        """Draw the parameters for a batch of label maps (B, 1, *spatial); ``merge_lr`` (B,)
+        bool marks elements with left/right-merged targets (not flipped)."""
         cfg = self.config
         B, ndim = label_maps.shape[0], label_maps.dim() - 2
         if ndim not in (2, 3):
@@ -215,6 +221,10 @@ class SynthGenerator:
             p.noise_seed = new_seed(generator)
         if cfg.flip:
             p.flip = spatial.sample_flip(B, cfg.flip_probability, generator, dev)
+        if merge_lr is not None:
+            p.merge_lr = merge_lr.to(dev).bool()
+            if p.flip is not None:
+                p.flip = p.flip & ~p.merge_lr
         if cfg.skull_strip_probability > 0:
             p.skull_strip = bernoulli((B,), cfg.skull_strip_probability, generator, dev)
         if cfg.background_zero_probability > 0:
@@ -275,12 +285,16 @@ class SynthGenerator:
             swap = params.flip.reshape(-1, *[1] * (target.dim() - 1)) & (target >= 0)
             target = torch.where(swap, flip_lut[target.clamp_min(0)], target)
             target = spatial.apply_flip(target, params.flip, 1 + axis)
+        if params.merge_lr is not None and bool(params.merge_lr.any()):
+            merged = params.merge_lr.reshape(-1, *[1] * (target.dim() - 1))
+            target = torch.where(merged, encode_merged(target, self._flip_lut), target)
         return image.float().contiguous(), target.contiguous()
 
-    def __call__(self, label_maps: torch.Tensor, generator: torch.Generator):
-        """``apply(label_maps, sample(label_maps, generator))`` -> (image, target)."""
+    def __call__(self, label_maps: torch.Tensor, generator: torch.Generator,
+                 merge_lr: torch.Tensor | None = None):
+        """``apply(label_maps, sample(label_maps, generator, merge_lr))`` -> (image, target)."""
         with torch.no_grad():
-            return self.apply(label_maps, self.sample(label_maps, generator))
+            return self.apply(label_maps, self.sample(label_maps, generator, merge_lr))
 
 
 __all__ = ["SynthConfig", "SynthParams", "SynthGenerator", "IGNORE_INDEX"]

@@ -34,10 +34,14 @@ class TensorLabelMaps:
         return self.maps[idx.to(self.maps.device)]
 
 
-def _draw_label_maps(label_maps, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def _draw_label_maps(label_maps, batch_size: int, generator: torch.Generator):
+    """``(maps (B, 1, *spatial) long, merge_lr (B,) bool or None)``: a source's ``sample_batch``
+    returns the maps, or ``(maps, merge_lr)`` when some elements have left/right-merged targets
+    (sagittal slices; :mod:`l2s_pipelines.lr_merge`)."""
     if isinstance(label_maps, torch.Tensor):
         label_maps = TensorLabelMaps(label_maps)
-    return label_maps.sample_batch(batch_size, generator)
+    out = label_maps.sample_batch(batch_size, generator)
+    return out if isinstance(out, tuple) else (out, None)
 
 
 class SyntheticSource:
@@ -46,16 +50,19 @@ class SyntheticSource:
     ``label_maps``: a ``LabelMapDataset``-like object with ``sample_batch(batch_size, generator)
     -> (B, 1, *spatial)`` long, or such a tensor of maps ``(N, 1, *spatial)``.
     ``synth``: callable ``(label_maps, generator) -> (image (B,1,*patch), target (B,*patch))``
-    (a :class:`l2s_pipelines.synth.SynthGenerator`).
+    (a :class:`l2s_pipelines.synth.SynthGenerator`); when the label maps come with a ``merge_lr``
+    mask it is called as ``synth(label_maps, generator, merge_lr)``.
     """
 
     def __init__(self, label_maps, synth, device: str | torch.device = "cpu"):
         self.label_maps, self.synth, self.device = label_maps, synth, torch.device(device)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = _draw_label_maps(self.label_maps, batch_size, generator).to(self.device)
+        maps, merge_lr = _draw_label_maps(self.label_maps, batch_size, generator)
         with torch.no_grad():
-            return self.synth(maps, generator)
+            if merge_lr is None:
+                return self.synth(maps.to(self.device), generator)
+            return self.synth(maps.to(self.device), generator, merge_lr.to(self.device))
 
 
 class NoiseCorruption:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from l2s_pipelines.augment import build_augmenter
+from l2s_pipelines.lr_merge import decode_for_dice
 from l2s_pipelines.nn.losses import get_loss, mean_dice
 from l2s_pipelines.nn.unet import UNet, UNetConfig
 from l2s_pipelines.train import NEEDS_REAL
@@ -90,7 +91,8 @@ class _Run:
         self.seg_opt = make_optimizer(c.inner_optimizer, c.lr)
         self.aug_opt = make_optimizer("adam", c.lr_theta)
         self.gen = torch.Generator(device=self.device).manual_seed(c.seed)
-        self.loss_fn = get_loss(c.loss)
+        self.flip_lut = self.table.channel_flip_lut().to(self.device)
+        self.loss_fn = get_loss(c.loss, self.flip_lut)  # sagittal slices: left/right-merged targets
         self.synthetic = _synthetic_source(c, label_maps, self.table, self.device)
         if corruption is None and c.oracle_noise_sigma is not None:
             corruption = NoiseCorruption(c.oracle_noise_sigma)
@@ -164,6 +166,7 @@ class _Run:
         x, y = self.val if batch is None else batch
         k = len(self.table.values)
         pred = torch.cat([self.model(x[i:i + 1]).argmax(1) for i in range(x.shape[0])])
+        pred, y = decode_for_dice(pred, y, self.flip_lut)
         scores = [mean_dice(pred[i], y[i], k) for i in range(x.shape[0])]
         scores = [s for s in scores if s == s]
         return float(sum(scores) / len(scores)) if scores else float("nan")

@@ -152,16 +152,17 @@ def _collect(board: Board, i: int, task, im, opts) -> None:
 
 def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
     """Run the image workflows (all at once, or one by one with --stop-on-first-crash)."""
-    from l2s_pipelines.workflows.execution import make_submitter
+    from l2s_pipelines.workflows.execution import make_submitter, pool_processes
     from l2s_pipelines.workflows.participant import init_participant_wf
 
     batches = [[i] for i in todo] if opts.stop_on_first_crash else [todo]
+    nprocs = pool_processes(opts.parallel_images, max((len(b) for b in batches), default=1))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(board, {i: tasks[i] for i in todo}, opts.work_dir, stop),
                                daemon=True)
     watcher.start()
     try:
-        with make_submitter(opts.plugin, work_dir=opts.work_dir, nprocs=opts.parallel_images,
+        with make_submitter(opts.plugin, work_dir=opts.work_dir, nprocs=nprocs,
                             plugin_args=opts.plugin_args) as sub:
             for batch in batches:
                 wf, _ = init_participant_wf(image_tasks=[tasks[i] for i in batch],

@@ -87,6 +87,33 @@ def test_worker_spec_per_plugin():
         execution.worker_spec("psij", {})
 
 
+def test_cf_pool_never_runs_more_segmentations_than_parallel_images(monkeypatch, tmp_path):
+    """The cf pool gets a second process per image only when every image of the run fits at
+    once (then no further segmentation exists to start): measures and figures run side by
+    side. With more images than --parallel-images, one process per parallel image."""
+    from types import SimpleNamespace
+
+    from l2s_pipelines.bids_app import run
+
+    assert [execution.pool_processes(p, n) for p, n in ((1, 1), (2, 1), (2, 2), (1, 5), (3, 4))] == [2, 2, 4, 1, 3]
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def submitter(plugin, *, work_dir, nprocs, plugin_args):
+        seen.append(nprocs)
+        raise Stop
+
+    monkeypatch.setattr(execution, "make_submitter", submitter)
+    for todo, parallel, crash_stop in (([0], 1, False), ([0, 1], 1, False), ([0, 1], 1, True), ([0, 1], 2, False)):
+        opts = SimpleNamespace(stop_on_first_crash=crash_stop, parallel_images=parallel, plugin="cf",
+                               work_dir=tmp_path, plugin_args={})
+        with pytest.raises(Stop):
+            run._execute(None, todo, {i: None for i in todo}, [], opts)
+    assert seen == [2, 1, 2, 4]  # --stop-on-first-crash runs the images one at a time
+
+
 def test_clean_work_dir_and_error_summary(tmp_path):
     job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)

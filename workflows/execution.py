@@ -91,6 +91,21 @@ def worker_spec(plugin: str, plugin_args: dict | None = None, *, nprocs: int = 1
     return (plugin if plugin in BY_NAME else worker_class(plugin)), kwargs
 
 
+def pool_processes(parallel_images: int, images_at_once: int) -> int:
+    """Processes of the local ``cf`` pool: one per image processed at once, so that no more
+    than ``parallel_images`` segmentations (each with its own threads and memory share) ever
+    run together. When every image of a run fits at once (``images_at_once <=
+    parallel_images``: e.g. one subject per cluster array job) no further segmentation can
+    start, so each image gets a second process: its measures and figures (one thread each,
+    after its segmentation) then run side by side instead of one after the other.
+
+    >>> pool_processes(1, 1), pool_processes(2, 1), pool_processes(1, 20), pool_processes(4, 3)
+    (2, 2, 1, 6)
+    """
+    parallel_images, images_at_once = max(1, int(parallel_images)), max(1, int(images_at_once))
+    return 2 * images_at_once if images_at_once <= parallel_images else parallel_images
+
+
 def make_submitter(plugin: str, *, work_dir, nprocs: int = 1, plugin_args: dict | None = None):
     """A Pydra ``Submitter`` caching under ``work_dir`` (created)."""
     import pydra.engine.submitter as submitter_mod  # before pydra.workers.base (circular import)

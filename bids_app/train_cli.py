@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from l2s_pipelines.errors import InputError, ModelError
+from l2s_pipelines.io.manifest_checks import MAX_IN_CHANNELS
 from l2s_pipelines.planes import PLANES
 from l2s_pipelines.train import AUGMENT_COMPONENTS, METHODS, NEEDS_REAL
 
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--voxel-size", type=float, default=1.0, metavar="MM", help="isotropic training voxel size (mm)")
     add("--patch-size", type=int, nargs="+", default=None, metavar="N",
         help="patch size in voxels (one value for all axes, or one per axis)")
+    add("--slices", type=int, default=1, metavar="K",
+        help="2D: K neighbouring slices (odd) as input channels, the middle one segmented "
+             "(FastSurfer's thick slices); training images are synthesised as 3D slabs. With "
+             "--init-weights, a one-slice package's weights are widened (neighbours start at zero)")
     add("--batch-size", type=int, default=None)
     add("--steps", type=int, default=None, help="total optimisation steps (warm-up included)")
     add("--warmup-steps", type=int, default=None, help="plain synthetic steps before Learn2Synth")
@@ -278,6 +283,10 @@ def build_spec(args, argv: list[str]) -> dict:
     if args.decay_from_min is not None and not 0 <= args.decay_from_min < (args.time_budget_min or 0):
         raise InputError(f"--decay-from-min {args.decay_from_min}: the clock decay ends at "
                          f"--time-budget-min, which must be given and larger")
+    if args.slices != 1 and (args.ndim != 2 or not 1 <= args.slices <= MAX_IN_CHANNELS or args.slices % 2 == 0
+                             or args.method == "l2s-nonparametric"):
+        raise InputError(f"--slices {args.slices}: give an odd number of slices up to {MAX_IN_CHANNELS}, for "
+                         f"--ndim 2 and not with --method l2s-nonparametric (its augmenter takes one channel)")
     if args.augment is not None and args.method != "l2s-parametric":
         raise InputError(f"--augment {' '.join(args.augment)}: only the parametric augmenter "
                          f"(--method l2s-parametric) has these parts, not --method {args.method}")
@@ -302,6 +311,7 @@ def build_spec(args, argv: list[str]) -> dict:
         "augmenter": None if args.augment is None else {c: c in args.augment for c in AUGMENT_COMPONENTS},
         "init_from": str(_package_dir(args.init_weights)) if args.init_weights else None,
         "voxel_size": args.voxel_size, "patch_size": _patch(args), "batch_size": args.batch_size,
+        "in_slices": args.slices,
         "steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
         "lr_theta": args.lr_theta, "widths": args.widths, "norm": args.norm,
         "loss": args.loss, "device": args.device,

@@ -124,6 +124,7 @@ BAD_MANIFESTS = {
                  "inference.patch_size"),
     "mode": (_set("inference.mode", "3d"), "inference.mode"),
     "flip_lr": (_set("inference.flip_lr", "yes"), "inference.flip_lr"),
+    "even_slices": (_set("architecture.in_channels", 2), "architecture.in_channels"),
     "lr_merged_axial": (_set("inference.lr_merged_planes", ["axial"]), "inference.lr_merged_planes"),
     "lr_merged_only": (lambda m: m["inference"].update(planes=["sagittal"], lr_merged_planes=["sagittal"]),
                        "inference.lr_merged_planes"),

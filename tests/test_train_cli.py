@@ -210,3 +210,32 @@ def test_planes_and_left_right_flip(planes, expected, flip_off, label_maps, tmp_
     spec = build_spec(build_parser().parse_args(argv), argv)
     assert spec["config"]["planes"] == expected
     assert spec["config"]["generator"]["flip"] is not flip_off
+
+
+def test_neighbouring_slices_widen_a_package_train_and_segment(label_maps, tmp_path, capsys):
+    """--slices 3 from a one-slice package: the package's weights are widened, Learn2Synth runs
+    on three planes (sagittal left/right-merged), and the 3-slice package segments an image."""
+    from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.io.checkpoint import load_model_package
+
+    common = ["--label-maps", str(label_maps), "--real-bids", str(BIDS), "--tune-participant-label", "ixi012",
+              "--plugin", "debug", *TINY]
+    one = tmp_path / "one"
+    assert main([*common, "--method", "synthseg", "--plane", "axial", "--steps", "1", "-o", str(one)]) == 0
+    three = tmp_path / "three"
+    assert main([*common, "--method", "l2s-parametric", "--plane", "all", "--slices", "3", "--steps", "3",
+                 "--warmup-steps", "2", "--init-weights", str(one), "-o", str(three)]) == 0
+    model, manifest = load_model_package(three)
+    assert model.config.in_channels == 3 and manifest["inference"]["lr_merged_planes"] == ["sagittal"]
+    assert manifest["training"]["hyperparameters"]["in_slices"] == 3
+    recs = _records(three / "metrics.jsonl")
+    assert [r["phase"] for r in recs if r["step"] >= 1] == ["synth", "l2s"] and all(
+        np.isfinite(r["val_dice"]) for r in recs if r["step"] >= 1)
+    img = nib.load(BIDS / "sub-ixi012" / "anat" / "sub-ixi012_T1w.nii.gz")
+    small = nib.Nifti1Image(np.asarray(img.dataobj)[::4, ::4, ::4].astype(np.float32), img.affine @ np.diag([4, 4, 4, 1]))
+    result = Segmenter.from_package(three, device="cpu").segment(small)
+    assert result.dseg.shape == small.shape and np.allclose(result.posteriors.sum(-1), 1, atol=1e-4)
+    for bad in (["--slices", "2"], ["--slices", "3", "--ndim", "3"], ["--slices", "11"]):
+        assert main([*common, "--method", "synthseg", *bad, "-o", str(tmp_path / "bad")]) == 2
+        assert "--slices" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

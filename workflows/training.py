@@ -64,8 +64,8 @@ class MultiPlaneSampler:
         merged = [m for m, n in zip(self.merged, torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
         pair = isinstance(parts[0], tuple)
         parts = [p if pair else (p,) for p in parts]
-        if patch_size is None:  # planes give slices of different shapes: zero-pad, centred
-            shape = [max(p[0].shape[d] for p in parts) for d in (-2, -1)]
+        if patch_size is None:  # planes give slices (or blocks) of different shapes: zero-pad, centred
+            shape = [max(p[0].shape[d] for p in parts) for d in range(2, parts[0][0].dim())]
             parts = [tuple(_pad_to(t, shape) for t in p) for p in parts]
         if pair:
             from l2s_pipelines.lr_merge import encode_merged
@@ -79,11 +79,13 @@ class MultiPlaneSampler:
 
 
 def _pad_to(t, shape):
-    """Zero-pad the last two dims of ``t`` to ``shape`` (centred)."""
+    """Zero-pad the last ``len(shape)`` dims of ``t`` to ``shape`` (centred)."""
     from torch.nn import functional as F
 
-    dh, dw = shape[0] - t.shape[-2], shape[1] - t.shape[-1]
-    return F.pad(t, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)) if dh or dw else t
+    pads = []
+    for want, have in zip(reversed(shape), reversed(t.shape[-len(shape):])):
+        pads += [(want - have) // 2, want - have - (want - have) // 2]
+    return F.pad(t, pads) if any(pads) else t
 
 
 def _per_plane(dataset, planes, merged_planes=(), flip_lut=None):
@@ -163,13 +165,20 @@ def train_from_spec(spec: dict) -> dict:
     config, planes = _train_config(spec)
     table = LabelTable.default()
     kw = {"voxel_size": config.voxel_size_mm, "ndim": config.ndim, "plane": config.plane}
-    label_maps = LabelMapDataset(spec["label_maps"], **kw) if spec.get("label_maps") else None
+    depth = 0  # several input slices: label blocks deep enough for out-of-plane rotations
+    if config.in_slices > 1:
+        from l2s_pipelines.synth.slab import slab_depth
+        depth = slab_depth(config.in_slices, max(config.patch_size),
+                           float(config.generator.get("max_rotation_deg", 15.0)),
+                           float(config.generator.get("max_zoom", 0.2)))
+    label_maps = LabelMapDataset(spec["label_maps"], slab_depth=depth, **kw) if spec.get("label_maps") else None
 
     def pairs(key):
         items = spec.get(key) or []
         if not items:
             return None
-        ds = RealPairDataset([p["image"] for p in items], [p["reference"] for p in items], table, **kw)
+        ds = RealPairDataset([p["image"] for p in items], [p["reference"] for p in items], table,
+                             slices=config.in_slices, **kw)
         ds.subjects = [p["subject"] for p in items]
         return ds
 
@@ -227,23 +236,20 @@ def save_examples_from_run(path: Path, config, table, label_maps, real, augmente
     with a fixed seed, and store them for the training report (middle axial slice in 3D)."""
     import torch
 
-    from l2s_pipelines.synth import SynthConfig, SynthGenerator
+    from l2s_pipelines.train.trainer import synthetic_source
 
     if label_maps is None and real is None:
         return None
     gen = torch.Generator().manual_seed(seed)
     patch = tuple(config.patch_size)
 
-    def as2d(x):  # (B, 1, *sp) or (B, *sp) -> (B, H, W) numpy
-        x = x[:, 0] if x.dim() == config.ndim + 2 else x
+    def as2d(x):  # (B, C, *sp) or (B, *sp) -> (B, H, W) numpy (the middle channel: the segmented slice)
+        x = x[:, x.shape[1] // 2] if x.dim() == config.ndim + 2 else x
         return (x[..., x.shape[-1] // 2] if config.ndim == 3 else x).detach().cpu().float().numpy()
 
     synth = aug = np.zeros((0, 1, 1), np.float32)
-    if label_maps is not None:
-        gcfg = dict(config.generator, patch_size=list(patch), percentiles=list(config.percentiles))
-        maps = label_maps.sample_batch(n, gen, patch)
-        maps, merge_lr = maps if isinstance(maps, tuple) else (maps, None)
-        x_s, _ = SynthGenerator(SynthConfig.from_dict(gcfg), table)(maps, gen, merge_lr)
+    if label_maps is not None:  # the trainer's own source (generator, slabs, merged planes)
+        x_s, _ = synthetic_source(config, label_maps, table, "cpu").sample(n, gen)
         synth = as2d(x_s)
         if augmenter is not None:
             with torch.no_grad():

@@ -49,7 +49,9 @@ def predict_planes(model, vol: torch.Tensor, out: torch.Tensor, planes, *,
     """2D / 2.5D: softmax of a 2D network over every slice of each plane, averaged over planes.
 
     ``out`` ``(K, X, Y, Z)`` is overwritten. Slices are padded in-plane to multiples of
-    ``2**(levels-1)`` and processed in batches sized to the activation budget. Planes in
+    ``2**(levels-1)`` and processed in batches sized to the activation budget. A network with
+    ``k = in_channels > 1`` sees each slice with its ``(k - 1) / 2`` neighbours on either side as
+    channels, in increasing slice order (zeros beyond the volume), as in training. Planes in
     ``merged_planes`` were trained with left/right-merged labels (:mod:`l2s_pipelines.lr_merge`):
     they run after the others, and each pair's probability is split between left and right as
     the other planes' posteriors share it (``flip_lut``: channel -> partner); at least one plane
@@ -65,15 +67,19 @@ def predict_planes(model, vol: torch.Tensor, out: torch.Tensor, planes, *,
     out.zero_()
     mult = pad_multiple(len(model.config.widths))
     dtype = next(model.parameters()).dtype
+    half = model.config.in_channels // 2  # neighbouring slices on either side
     for plane in [p for p in planes if p not in merged] + merged:
         axis = PLANE_AXIS[plane]
         stack = vol.movedim(axis, 0)  # (N, H, W), in-plane axes in increasing order
-        h, w = stack.shape[1:]
+        n, h, w = stack.shape
         hp, wp = math.ceil(h / mult) * mult, math.ceil(w / mult) * mult
         batch = max(1, activation_budget_bytes // (bytes_per_voxel(model) * hp * wp))
+        padded = F.pad(stack, (0, 0, 0, 0, half, half)) if half else stack
         target = out.movedim(axis + 1, 1)  # (K, N, H, W) view of out
-        for s in range(0, stack.shape[0], batch):
-            x = _pad_to(stack[s:s + batch, None].to(dtype), (hp, wp))
+        for s in range(0, n, batch):
+            e = min(s + batch, n)
+            x = padded[s:e + 2 * half].unfold(0, 2 * half + 1, 1).movedim(-1, 1)  # (B, k, H, W)
+            x = _pad_to(x.to(dtype), (hp, wp))
             prob = torch.softmax(model(x).float(), dim=1)[:, :, :h, :w]  # (B, K, H, W)
             if plane in merged:  # the unmerged planes' sum so far gives the left/right shares
                 prob = split_merged(prob, target[:, s:s + batch].transpose(0, 1), flip_lut)

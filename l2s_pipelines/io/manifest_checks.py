@@ -11,7 +11,8 @@ field                      accepted
 =========================  ==============================================================
 architecture.ndim          2 or 3
 architecture.widths        1 to :data:`MAX_LEVELS` integers, each 1 to :data:`MAX_WIDTH`
-convs_per_level            1 to :data:`MAX_CONVS`; ``in_channels`` 1 to :data:`MAX_IN_CHANNELS`
+convs_per_level            1 to :data:`MAX_CONVS`
+architecture.in_channels   2D: odd, 1 to :data:`MAX_IN_CHANNELS` (neighbouring slices); 3D: 1
 preprocessing.voxel_size   one or three numbers in mm, :data:`VOXEL_MM_RANGE`
 percentiles                two numbers, ``0 <= low < high <= 100``
 inference.mode             ``2d``, ``2.5d`` (2D network) or ``3d`` (3D network)
@@ -35,7 +36,7 @@ import re
 from l2s_pipelines.errors import ModelError
 from l2s_pipelines.planes import LR_MERGED_PLANES, PLANES
 
-MAX_LEVELS, MAX_WIDTH, MAX_CONVS, MAX_IN_CHANNELS = 8, 512, 4, 4
+MAX_LEVELS, MAX_WIDTH, MAX_CONVS, MAX_IN_CHANNELS = 8, 512, 4, 9
 VOXEL_MM_RANGE = (0.25, 10.0)
 MAX_PATCH = 512
 MAX_OVERLAP = 0.9
@@ -80,8 +81,9 @@ def _check_architecture(arch, where) -> int:
     if not _int(convs) or not 1 <= convs <= MAX_CONVS:
         raise ModelError(f"{where}: architecture.convs_per_level must be an integer of 1 to {MAX_CONVS}")
     cin = arch.get("in_channels", 1)
-    if not _int(cin) or not 1 <= cin <= MAX_IN_CHANNELS:
-        raise ModelError(f"{where}: architecture.in_channels must be an integer of 1 to {MAX_IN_CHANNELS}")
+    if not _int(cin) or not 1 <= cin <= (MAX_IN_CHANNELS if ndim == 2 else 1) or cin % 2 == 0:
+        raise ModelError(f"{where}: architecture.in_channels must be 1, or for a 2D network an odd number "
+                         f"of neighbouring slices up to {MAX_IN_CHANNELS}")
     return ndim
 
 

@@ -146,6 +146,13 @@ class _SliceIndex:
         idx = torch.randint(0, len(self.pairs), (batch_size,), generator=generator)
         return [self.pairs[i] for i in idx.tolist()]
 
+    def slab(self, volume: torch.Tensor, s: int, depth: int) -> torch.Tensor:
+        """``depth`` neighbouring slices of ``volume`` (X, Y, Z) centred on slice ``s`` along the
+        plane's axis, as ``(H, W, depth)`` (in-plane axes in increasing order, then the slices in
+        increasing order; zeros beyond the volume)."""
+        moved = volume.movedim(self.axis, -1)
+        return crop_or_pad(moved, (0, 0, s - depth // 2), (*moved.shape[:2], depth))
+
 
 class LabelMapDataset:
     """Label maps held in memory (int16, RAS, cropped to their non-zero bounding box).
@@ -161,16 +168,21 @@ class LabelMapDataset:
     content_labels : label values that count as content for that choice (e.g. the label table's
         structures, so that slices of the neck, with only extracerebral labels, are skipped);
         default: every non-zero label
+    slab_depth : 2D only: 0 for slices, or an odd number of neighbouring slices drawn around each
+        chosen slice as a 3D block ``(H, W, slab_depth)`` (for inputs of several slices,
+        :class:`l2s_pipelines.synth.slab.SlabGenerator`)
     """
 
     def __init__(self, paths, *, voxel_size=None, ndim: int = 3, plane: str = "axial",
-                 min_fraction: float = 0.25, content_labels=None):
+                 min_fraction: float = 0.25, content_labels=None, slab_depth: int = 0):
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        if slab_depth and (ndim != 2 or slab_depth % 2 == 0 or slab_depth < 0):
+            raise ValueError(f"slab_depth must be 0 or odd, and 2D only, got {slab_depth} with ndim={ndim}")
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise InputError("no label maps given")
-        self.ndim, self.plane = ndim, plane
+        self.ndim, self.plane, self.slab_depth = ndim, plane, int(slab_depth)
         self.volumes = []
         for p in self.paths:
             lab, _ = load_label_map(p, voxel_size=voxel_size)
@@ -199,17 +211,22 @@ class LabelMapDataset:
 
     def sample_batch(self, batch_size: int, generator: torch.Generator, patch_size=None) -> torch.Tensor:
         """Random label maps (B, 1, *patch) long: 2D slices or 3D windows of ``patch_size``
-        (default: the largest volume / slice shape; smaller inputs are zero-padded, centred)."""
+        (default: the largest volume / slice shape; smaller inputs are zero-padded, centred).
+        With ``slab_depth``: blocks ``(B, 1, *patch, slab_depth)`` of neighbouring slices."""
         if self.ndim == 2:
             picks = self.index.draw(batch_size, generator)
-            items = [self.volumes[v].select(self.index.axis, s) for v, s in picks]
+            if self.slab_depth:
+                items = [self.index.slab(self.volumes[v], s, self.slab_depth) for v, s in picks]
+            else:
+                items = [self.volumes[v].select(self.index.axis, s) for v, s in picks]
         else:
             idx = torch.randint(0, len(self.volumes), (batch_size,), generator=generator)
             items = [self.volumes[i] for i in idx.tolist()]
         if patch_size is None:
             patch_size = tuple(max(it.shape[d] for it in items) for d in range(self.ndim))
-        out = [crop_or_pad(it, _random_window(it.shape, patch_size, generator), patch_size)
-               for it in items]
+        depth = (self.slab_depth,) if self.slab_depth else ()
+        out = [crop_or_pad(it, _random_window(it.shape, patch_size, generator) + [0] * len(depth),
+                           (*patch_size, *depth)) for it in items]
         return torch.stack(out)[:, None].long()
 
 
@@ -222,12 +239,14 @@ class RealPairDataset:
     """
 
     def __init__(self, image_paths, label_paths, label_table, *, voxel_size=None, ndim: int = 3,
-                 plane: str = "axial", min_fraction: float = 0.25):
+                 plane: str = "axial", min_fraction: float = 0.25, slices: int = 1):
         image_paths, label_paths = list(image_paths), list(label_paths)
         if len(image_paths) != len(label_paths) or not image_paths:
             raise InputError(f"need as many images as label maps (got {len(image_paths)} images, "
                              f"{len(label_paths)} label maps)")
-        self.ndim, self.plane, self.table = ndim, plane, label_table
+        if slices < 1 or slices % 2 == 0 or (slices > 1 and ndim != 2):
+            raise ValueError(f"slices must be odd and > 1 only in 2D, got {slices} with ndim={ndim}")
+        self.ndim, self.plane, self.table, self.slices = ndim, plane, label_table, int(slices)
         self.image_paths = [Path(p) for p in image_paths]
         self.label_paths = [Path(p) for p in label_paths]
         self.images, self.targets, self.affines = [], [], []
@@ -258,20 +277,23 @@ class RealPairDataset:
                                             self.image_paths, self.label_paths)]
 
     def sample_batch(self, batch_size: int, generator: torch.Generator, patch_size=None):
-        """Random (image (B, 1, *patch) float32, target (B, *patch) long) pairs: 2D slices
-        with content or 3D windows; outside the volume image 0, target 0 (background)."""
+        """Random (image (B, C, *patch) float32, target (B, *patch) long) pairs: 2D slices
+        with content or 3D windows; outside the volume image 0, target 0 (background). ``C`` is 1,
+        or in 2D ``slices`` neighbouring slices centred on the target's (in increasing order)."""
         if self.ndim == 2:
             picks = self.index.draw(batch_size, generator)
             ax = self.index.axis
-            items = [(self.images[v][0].select(ax, s), self.targets[v].select(ax, s)) for v, s in picks]
+            items = [(self.index.slab(self.images[v][0], s, self.slices).movedim(-1, 0),
+                      self.targets[v].select(ax, s)) for v, s in picks]
         else:
             idx = torch.randint(0, len(self.images), (batch_size,), generator=generator)
             items = [(self.images[i][0], self.targets[i]) for i in idx.tolist()]
         if patch_size is None:
-            patch_size = tuple(max(it[0].shape[d] for it in items) for d in range(self.ndim))
+            patch_size = tuple(max(it[1].shape[d] for it in items) for d in range(self.ndim))
         images, targets = [], []
         for img, tgt in items:
-            start = _random_window(img.shape, patch_size, generator)
+            start = _random_window(tgt.shape, patch_size, generator)
             images.append(crop_or_pad(img, start, patch_size))
             targets.append(crop_or_pad(tgt, start, patch_size))
-        return torch.stack(images)[:, None], torch.stack(targets)
+        images = torch.stack(images)
+        return (images if self.ndim == 2 else images[:, None]), torch.stack(targets)

@@ -24,6 +24,7 @@ class TrainConfig:
     ndim: int = 2
     plane: str = "axial"
     patch_size: tuple[int, ...] = (160, 160)
+    in_slices: int = 1  # 2D: neighbouring slices as input channels (odd; the middle one is segmented)
     batch_size: int = 4
     steps: int = 1000
     warmup_steps: int = 100
@@ -66,6 +67,11 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
         if len(self.patch_size) != self.ndim:
             raise ValueError(f"patch_size {self.patch_size} does not have ndim={self.ndim} entries")
+        if self.in_slices < 1 or self.in_slices % 2 == 0 or (self.in_slices > 1 and self.ndim != 2):
+            raise ValueError(f"in_slices must be odd, and above 1 for 2D networks only; got {self.in_slices} "
+                             f"with ndim={self.ndim}")
+        if self.in_slices > 1 and self.method == "l2s-nonparametric":
+            raise ValueError("in_slices > 1 does not work with the nonparametric augmenter (one input channel)")
         if self.hyper_every < 1:
             raise ValueError(f"hyper_every must be >= 1, got {self.hyper_every}")
         if self.amp not in ("none", "bf16"):

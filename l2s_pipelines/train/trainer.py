@@ -63,16 +63,20 @@ def _label_table(label_table):
     return label_table or LabelTable.default()
 
 
-def _synthetic_source(config: TrainConfig, label_maps, label_table, device) -> SyntheticSource | None:
+def synthetic_source(config: TrainConfig, label_maps, label_table, device) -> SyntheticSource | None:
+    """The run's synthetic pairs: label maps through the configured generator (patch ``(P, P)``,
+    or with ``in_slices`` a 3D slab generator); None without label maps."""
     if label_maps is None:
         return None
     from l2s_pipelines.synth import SynthConfig, SynthGenerator
+    from l2s_pipelines.synth.slab import SlabGenerator
     gcfg = dict(config.generator)
-    gcfg["patch_size"] = list(config.patch_size)
+    slab = config.in_slices > 1  # neighbouring slices: synthesised as a 3D patch (P, P, k)
+    gcfg["patch_size"] = list(config.patch_size) + ([config.in_slices] if slab else [])
     gcfg.setdefault("voxel_size_mm", float(config.voxel_size_mm[0]))
     gcfg.setdefault("percentiles", list(config.percentiles))
-    return SyntheticSource(label_maps, SynthGenerator(SynthConfig.from_dict(gcfg), label_table,
-                                                          generation=config.generation_labels), device)
+    synth = SynthGenerator(SynthConfig.from_dict(gcfg), label_table, generation=config.generation_labels)
+    return SyntheticSource(label_maps, SlabGenerator(synth) if slab else synth, device)
 
 
 class _Run:
@@ -83,7 +87,7 @@ class _Run:
         self.device = _resolve_device(c.device)
         self.table = _label_table(label_table)
         torch.manual_seed(c.seed)  # weight initialisation only; data uses self.gen
-        arch = dict(c.unet, ndim=c.ndim, out_channels=len(self.table.values))
+        arch = dict(c.unet, ndim=c.ndim, out_channels=len(self.table.values), in_channels=c.in_slices)
         self.model = UNet(UNetConfig.from_dict(arch)).to(self.device)
         self.augmenter = None
         if c.method.startswith("l2s-"):
@@ -93,7 +97,7 @@ class _Run:
         self.gen = torch.Generator(device=self.device).manual_seed(c.seed)
         self.flip_lut = self.table.channel_flip_lut().to(self.device)
         self.loss_fn = get_loss(c.loss, self.flip_lut)  # sagittal slices: left/right-merged targets
-        self.synthetic = _synthetic_source(c, label_maps, self.table, self.device)
+        self.synthetic = synthetic_source(c, label_maps, self.table, self.device)
         if corruption is None and c.oracle_noise_sigma is not None:
             corruption = NoiseCorruption(c.oracle_noise_sigma)
         if c.method == "oracle" and corruption is None:
@@ -243,7 +247,8 @@ def train(config: TrainConfig, *, label_maps=None, real_train=None, real_val=Non
 def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
     """Load a model package's weights into ``run.model`` and continue its step count.
 
-    The package must hold the same architecture (ModelError otherwise). Returns the package's
+    The package must hold the same architecture (ModelError otherwise), or its one-slice version
+    when this run's network takes several neighbouring slices (:func:`_widen`). Returns the package's
     ``training.steps`` (the step this run continues from); its ``metrics.jsonl`` (if any) seeds
     the run's log so the curves stay whole. Adam's moments, the augmenter and the RNG are not in
     a package: they restart (a named difference from an exact ``resume``).
@@ -251,10 +256,14 @@ def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
     from l2s_pipelines.errors import ModelError
     from l2s_pipelines.io.checkpoint import load_model_package
     model, manifest = load_model_package(package)
-    if manifest["architecture"] != run.model.config.to_dict():
+    want = run.model.config.to_dict()
+    have = dict(manifest["architecture"])
+    widened = have.get("in_channels", 1) == 1 < want["in_channels"]  # one slice -> k slices
+    if dict(have, in_channels=want["in_channels"]) != want or not (widened or have == want):
         raise ModelError(f"{package}: --init-weights package has another architecture "
-                         f"({manifest['architecture']} != {run.model.config.to_dict()})")
-    run.model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+                         f"({manifest['architecture']} != {want})")
+    run.model.load_state_dict({k: _widen(v.float(), run.model.state_dict()[k].shape)
+                               for k, v in model.state_dict().items()})
     start = int(manifest.get("training", {}).get("steps", 0))
     log.reset()
     curves = package / "metrics.jsonl"
@@ -263,6 +272,17 @@ def _init_from_package(run: _Run, package: Path, log: MetricsLog) -> int:
             if record.get("step", start) < start:
                 log.write(record)
     return start
+
+
+def _widen(weight: torch.Tensor, shape) -> torch.Tensor:
+    """A one-slice network's first convolution ``(out, 1, *kernel)`` as a ``k``-slice one
+    ``(out, k, *kernel)`` that computes the same function: the weights on the middle slice, zeros
+    on its neighbours. Other tensors are returned as they are."""
+    if tuple(weight.shape) == tuple(shape) or weight.dim() < 2 or weight.shape[1] != 1:
+        return weight
+    out = weight.new_zeros(shape)
+    out[:, shape[1] // 2] = weight[:, 0]
+    return out
 
 
 def _save_package(run: _Run, directory: Path, real_train, steps: int) -> Path:

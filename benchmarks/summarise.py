@@ -250,7 +250,9 @@ def section_arms() -> list[str]:
 #: what each bake-off compares (``benchmarks/bakeoff.sh NAME ...``)
 BAKEOFF_TITLES = {
     "augmenter": "Learn2Synth's augmenter: noise and bias (the paper's) against noise, bias, gamma and blur",
-    "3d": "3D at 3 mm against 2.5D at 2 mm, from scratch"}
+    "3d": "3D at 3 mm against 2.5D at 2 mm, from scratch",
+    "sagittal": "all three planes (sagittal on left/right-merged labels) and three neighbouring slices as "
+                "input, each against the recipe (axial and coronal, one slice)"}
 
 
 def section_bakeoffs() -> list[str]:
@@ -278,7 +280,9 @@ def section_bakeoffs() -> list[str]:
                    .startswith("l2s") else f"method {meta['method']}")
                 + f"). Options: {options}. "
                 f"Validation subjects only ({', '.join(next(iter(arms.values()))['subjects'])}), no test-time "
-                f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`.", ""]
+                f"augmentation. Command: `benchmarks/bakeoff.sh {name} ...`."
+                + "".join(f" {arm}: {rec['bakeoff']['note']}" for arm, rec in arms.items() if rec["bakeoff"].get("note")),
+                ""]
         out += _stage_rows(arms, meta)
     return out
 

@@ -59,9 +59,9 @@ class MultiPlaneSampler:
         import torch
 
         which = torch.randint(0, len(self.datasets), (batch_size,), generator=generator)
-        parts = [self.datasets[k].sample_batch(int(n), generator, patch_size)
-                 for k, n in enumerate(torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
-        merged = [m for m, n in zip(self.merged, torch.bincount(which, minlength=len(self.datasets)).tolist()) if n]
+        counts = torch.bincount(which, minlength=len(self.datasets)).tolist()
+        parts = [self.datasets[k].sample_batch(n, generator, patch_size) for k, n in enumerate(counts) if n]
+        merged = [m for m, n in zip(self.merged, counts) if n]  # per part: left/right-merged plane
         pair = isinstance(parts[0], tuple)
         parts = [p if pair else (p,) for p in parts]
         if patch_size is None:  # planes give slices (or blocks) of different shapes: zero-pad, centred

@@ -22,7 +22,6 @@ from l2s_pipelines.lr_merge import split_merged
 from l2s_pipelines.planes import PLANE_AXIS
 
 
-
 def bytes_per_voxel(model) -> int:
     """Rough peak activation bytes per input voxel of a UNet forward pass without gradients."""
     cfg = model.config

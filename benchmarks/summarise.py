@@ -213,7 +213,7 @@ def section_campaign() -> list[str]:
         out.append("")
     else:
         out += _missing("campaign_validation.json", "benchmarks/record_accuracy.py --select RUNS_DIR")
-    return out + section_arms() + section_bakeoffs() + section_cleanup()
+    return out + section_arms() + section_bakeoffs() + section_campaign_3d() + section_cleanup()
 
 
 def _stage_rows(arms: dict, fork: dict) -> list[str]:
@@ -285,6 +285,20 @@ def section_bakeoffs() -> list[str]:
                 ""]
         out += _stage_rows(arms, meta)
     return out
+
+
+def section_campaign_3d() -> list[str]:
+    """The 3D bake-off arm continued on its own (``record_accuracy.py --select`` of its run folder)."""
+    rec = _load("campaign_3d.json")
+    if not rec:
+        return []
+    return ["### 3D campaign: the 3D arm of the 3D-against-2.5D bake-off, continued", "",
+            "The 3D network (3 mm, 64^3 patches, batch 1, plain SynthSeg steps, one thread) resumed from its "
+            "checkpoint at the end of the bake-off (72 min, lr annealed to 5e-5) with its lr restarted at 5e-4 "
+            "and a cosine decay to 240 min of training time; stage packages scored on the validation subjects "
+            f"({', '.join(rec['subjects'])}), no test-time augmentation; minutes of training from scratch. "
+            "Command: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/record_accuracy.py --select RUNS_DIR "
+            "--threads 2 --out benchmarks/results/campaign_3d.json`.", ""] + _stage_rows({"3d": rec}, {"time_s": 0.0})
 
 
 def section_cleanup() -> list[str]:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import torch
 
-from l2s_pipelines.planes import LR_MERGED_PLANES  # noqa: F401  (re-exported: the planes this applies to)
-
 
 def canonical_lut(flip_lut: torch.Tensor) -> torch.Tensor:
     """``(K,)`` long: channel -> the lower channel index of its left/right pair."""

@@ -49,10 +49,6 @@ class SlabGenerator:
             raise ValueError(f"SlabGenerator needs a 3D generator with patch (P, P, k), k odd; got {patch}")
         self.generator, self.slices = generator, int(patch[2])
 
-    @property
-    def config(self):
-        return self.generator.config
-
     def __call__(self, blocks: torch.Tensor, generator: torch.Generator, merge_lr: torch.Tensor | None = None):
         """Blocks ``(B, 1, H, W, D)`` -> ``(image (B, k, P, P), target (B, P, P))``."""
         if blocks.dim() != 5 or blocks.shape[-1] < self.slices:

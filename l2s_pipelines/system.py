@@ -1,4 +1,4 @@
-"""The host, in one place: the CPUs of this job and atomic file writes.
+r"""The host, in one place: the CPUs of this job and atomic file writes.
 
 No torch or numpy import, so command lines can use it before they set thread variables.
 

@@ -53,3 +53,39 @@ def test_bids_driver_modules_import_neither_torch_nor_matplotlib():
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_check_and_measure_tasks_run_without_torch(tmp_path):
+    """Only the segmentation task imports torch (about a second per worker process): the image
+    check runs beside the segmentation and the measures after it, in other workers, so a torch
+    import there would add to every image's time."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+from pathlib import Path
+import nibabel as nib, numpy as np
+from l2s_pipelines.labels import LabelTable
+from l2s_pipelines.workflows.result_tasks import MeasureSegmentation
+from l2s_pipelines.workflows.tasks import CheckImage
+d = Path(sys.argv[1])
+nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 12, 12), dtype=np.float32), np.eye(4)), d / "t1.nii.gz")
+table = LabelTable.default()
+dseg = np.zeros((12, 12, 12), np.int16)
+dseg[3:9, 3:9, 3:9] = table.values[1]
+(d / "seg").mkdir()
+nib.save(nib.Nifti1Image(dseg, np.eye(4)), d / "seg" / "dseg.nii.gz")
+(d / "seg" / "segmentation.json").write_text(json.dumps({"labels": table.to_dict(), "soft_sums": [0.0] * len(table),
+                                                        "confidence_sum": 0.0, "confidence_count": 0}))
+checked = CheckImage(source=str(d / "t1.nii.gz"), reference="", model_dir="", fingerprint="")(
+    cache_root=d / "work", worker="debug")
+measured = MeasureSegmentation(source=checked.source, seg_dir=str(d / "seg"))(cache_root=d / "work", worker="debug")
+lut = (Path(measured.out_dir) / "dseg.tsv").read_text().splitlines()
+print(json.dumps({"torch": "torch" in sys.modules, "lut": [line.split()[0] for line in lut[1:]]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    from l2s_pipelines.labels import LabelTable
+
+    assert result == {"torch": False, "lut": ["0", str(LabelTable.default().values[1])]}

@@ -127,3 +127,18 @@ def test_available_memory_honours_address_space_limit():
             "print(available_memory_bytes())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert 0 <= int(out.stdout.strip()) <= 300 << 20, out.stderr
+
+
+def test_segmentation_task_refuses_an_image_over_budget_by_itself(tmp_path, model_dir, monkeypatch):
+    """SegmentImage runs beside CheckImage, not after it: it refuses an image whose declared
+    size exceeds its memory budget from the header, before reading any voxel."""
+    from l2s_pipelines.workflows.tasks import SegmentImage
+
+    path = forged(tmp_path / "sub-01_T1w.nii.gz", (1024, 1024, 1024), np.uint8)
+    _forbid_voxel_reads(monkeypatch)
+    task = SegmentImage(source=str(path), model_dir=str(model_dir), model_sha256="", device="cpu",
+                        save_probseg=False, seed=0, nthreads=1, mem_mb=256)
+    with pytest.raises(Exception) as info:
+        task(cache_root=tmp_path / "work", worker="debug")
+    assert "1024x1024x1024" in str(info.value) and "more than the budget" in str(info.value), str(info.value)
+    assert str(path) in str(info.value)

@@ -18,7 +18,7 @@ Example (building runs anywhere; running needs a model package and a 3D NIfTI)
 >>> with make_submitter("debug", work_dir="work") as sub:  # doctest: +SKIP
 ...     res = sub(wf)
 >>> sorted(p.name for p in res.outputs.out_dir.fspath.iterdir())  # doctest: +SKIP
-['dseg.nii.gz', 'figures', 'info.json', 'qc.json', 'volumes.tsv']
+['dseg.nii.gz', 'dseg.tsv', 'figures', 'info.json', 'qc.json', 'volumes.tsv']
 """
 
 from __future__ import annotations
@@ -123,8 +123,10 @@ class ImageOptions:
 @workflow.define(outputs=["out_dir", "spaces_dir"])
 def SingleImageWf(source: str, reference: str, options: ImageOptions, used_for_tuning: bool,
                   fingerprint: str) -> tuple[Directory, Directory | None]:
-    """Check, segment, measure, plot, write the result folder, then (with
-    ``options.output_spaces``) map to the templates.
+    """Check and segment (side by side: the segmentation checks the image's declared size
+    itself, so a check never delays it), measure, plot, write the result folder, then (with
+    ``options.output_spaces``) map to the templates. A failed check still fails the image:
+    the result folder waits for it.
 
     Outputs: the result folder, and the ``spaces/`` folder (one ``<template_id>/`` each, see
     :func:`l2s_pipelines.workflows.templates.template_spaces_task`) or None without spaces.
@@ -132,7 +134,7 @@ def SingleImageWf(source: str, reference: str, options: ImageOptions, used_for_t
     o = options
     check = workflow.add(CheckImage(source=source, reference=reference, model_dir=o.model_dir,
                                     fingerprint=fingerprint, mem_mb=o.mem_mb, nthreads=o.nthreads), name="check")
-    seg = workflow.add(SegmentImage(source=check.source, model_dir=o.model_dir, model_sha256=o.model_sha256,
+    seg = workflow.add(SegmentImage(source=source, model_dir=o.model_dir, model_sha256=o.model_sha256,
                                     device=o.device, save_probseg=o.save_probseg, seed=o.seed, nthreads=o.nthreads,
                                     fingerprint=fingerprint.split("|", 1)[0],  # the image's part only
                                     mem_mb=o.mem_mb), name="segment")

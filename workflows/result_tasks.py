@@ -27,7 +27,7 @@ from pydra.compose import python
 
 #: Files of a SegmentImage folder and of a MeasureSegmentation folder copied into the result.
 SEGMENTATION_FILES = ("dseg.nii.gz", "probseg.nii.gz")
-MEASURE_FILES = ("volumes.tsv", "dice.tsv", "qc.json")
+MEASURE_FILES = ("dseg.tsv", "volumes.tsv", "dice.tsv", "qc.json")
 
 
 def read_segmentation(seg_dir: str) -> dict:
@@ -55,7 +55,7 @@ def MeasureSegmentation(source: str, seg_dir: str, reference: str = "",
     import nibabel as nib
     import numpy as np
 
-    from l2s_pipelines.inference import SegmentationResult
+    from l2s_pipelines.inference.result import SegmentationResult
     from l2s_pipelines.labels import LabelTable
     from l2s_pipelines.workflows.segment_files import write_measures
     from l2s_pipelines.workflows.tasks import _peak_memory_mb, fresh_folder

@@ -3,12 +3,12 @@
 ``l2s-segment`` (:mod:`l2s_pipelines.bids_app.segment_cli`), the Pydra task :func:`SegmentFile`
 and the nipype interface :class:`~l2s_pipelines.workflows.nipype_interface.L2SSegment` all call
 :func:`segment_to_folder` with a loaded :class:`~l2s_pipelines.inference.Segmenter`, and the
-BIDS app's ``SegmentImage`` task computes its tables with the same :func:`write_measures`. The
+BIDS app's ``MeasureSegmentation`` task computes its tables with the same :func:`write_measures`. The
 result folder holds the files of the BIDS app's per-image result folder:
 
 ======================  ======================================================================
 ``dseg.nii.gz``         int16 label values on the input grid (on the model grid with ``resample``)
-``dseg.tsv``            the model's look-up table (``index name abbreviation color``)
+``dseg.tsv``            look-up table of the labels present (``index name abbreviation color``)
 ``volumes.tsv``         hard and soft volume of every label in mm^3
 ``qc.json``             automated QC flags (:func:`l2s_pipelines.metrics.qc_flags`)
 ``dice.tsv``            Dice per label, only with a ``reference`` label map on the same grid
@@ -36,7 +36,6 @@ from pydra.compose import python
 from l2s_pipelines import metrics
 from l2s_pipelines.errors import InputError
 from l2s_pipelines.io.checks import check_nifti_file
-from l2s_pipelines.io.preprocess import reorient_to_ras, resample_to_voxel_size
 from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
 from l2s_pipelines.system import write_json
 
@@ -48,6 +47,8 @@ def _write_json(path: Path, obj) -> None:
 def model_grid_image(img: nib.Nifti1Image, voxel_size_mm) -> nib.Nifti1Image:
     """``img`` reoriented to RAS and resampled (linear) to ``voxel_size_mm``: the grid the
     Segmenter predicts on. A 4D image with one volume is taken as 3D. float32."""
+    from l2s_pipelines.io.preprocess import reorient_to_ras, resample_to_voxel_size  # torch: imported on use
+
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -60,7 +61,8 @@ def model_grid_image(img: nib.Nifti1Image, voxel_size_mm) -> nib.Nifti1Image:
 
 
 def write_measures(out_dir, *, result, affine, reference_data=None) -> dict:
-    """Write ``volumes.tsv``, ``qc.json`` and (with ``reference_data``) ``dice.tsv`` of one
+    """Write ``dseg.tsv`` (the look-up table of the labels present), ``volumes.tsv``,
+    ``qc.json`` and (with ``reference_data``) ``dice.tsv`` of one
     :class:`~l2s_pipelines.inference.SegmentationResult` into ``out_dir``.
 
     ``affine`` gives the voxel volume; ``reference_data`` is a label map of ``result.dseg``'s
@@ -71,6 +73,11 @@ def write_measures(out_dir, *, result, affine, reference_data=None) -> dict:
     out_dir = Path(out_dir)
     table = result.label_table
     dseg = np.asarray(result.dseg)
+    present = metrics.present_values(dseg)
+    unknown = present - set(table.values)
+    if unknown:
+        raise InputError(f"{out_dir / 'dseg.nii.gz'}: label values {sorted(unknown)[:10]} are not in the label table")
+    (out_dir / "dseg.tsv").write_text(table.tsv_text(values=present), encoding="utf-8")
     vols = metrics.label_volumes(dseg, None, affine, table, soft_sums=result.soft_sums)
     metrics.write_tsv(vols["rows"], out_dir / "volumes.tsv", metrics.VOLUME_COLUMNS)
     dice = None
@@ -136,7 +143,6 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     res = segmenter.segment(img, source_name=in_file, return_posteriors=bool(posteriors), posteriors_dtype="auto")
     files["dseg"] = out_dir / "dseg.nii.gz"
     nib.save(res.dseg_image(), files["dseg"])
-    files["dseg_tsv"] = res.label_table.to_tsv(out_dir / "dseg.tsv")
     probseg_encoding = None
     if posteriors:
         files["probseg"] = out_dir / "probseg.nii.gz"
@@ -148,7 +154,7 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     if reference is not None:
         ref_data = np.asanyarray(nib.load(str(reference)).dataobj)
     measures = write_measures(out_dir, result=res, affine=img.affine, reference_data=ref_data)
-    files["volumes"], files["qc"] = out_dir / "volumes.tsv", out_dir / "qc.json"
+    files["dseg_tsv"], files["volumes"], files["qc"] = out_dir / "dseg.tsv", out_dir / "volumes.tsv", out_dir / "qc.json"
     if measures["dice"] is not None:
         files["dice"] = out_dir / "dice.tsv"
     manifest = segmenter.manifest

@@ -9,7 +9,9 @@ Each image goes through small tasks, so that a change to one step reruns that st
 (a figure change never reruns inference):
 
 - :func:`CheckImage`: the image's header and declared size (no voxel is read), the reference;
-- :func:`SegmentImage`: inference, the only task reading the image's voxels for segmentation;
+  it runs beside the segmentation, not before it;
+- :func:`SegmentImage`: inference, the only task reading the image's voxels for segmentation
+  (it refuses an image over the memory budget from its header, before reading it);
   writes ``dseg.nii.gz`` (input grid and affine, int16 label values), optional
   ``probseg.nii.gz`` (``(X, Y, Z, K)``, channels in label-table order: float32 when it fits the
   memory budget, otherwise uint8 with the NIfTI scale ``scl_slope = 1/255``, so readers that
@@ -34,7 +36,8 @@ AFFINE_ATOL_MM = 1e-3
 def memory_budget_bytes(mem_mb: int, nthreads: int) -> int:
     """Memory budget of one image job in bytes: ``mem_mb`` MiB when positive, else 80% of the
     available memory shared by ``CPUs // nthreads`` concurrent workers."""
-    from l2s_pipelines.inference import auto_memory_budget, cpu_allocation
+    from l2s_pipelines.inference.memory import auto_memory_budget
+    from l2s_pipelines.system import cpu_allocation
 
     if int(mem_mb) > 0:
         return int(mem_mb) << 20
@@ -117,8 +120,9 @@ def CheckImage(source: str, reference: str, model_dir: str, fingerprint: str, me
     fails the image, it is left out of the Dice with a warning saying why) and a list of warnings
     (strongly anisotropic voxels, an unusable reference). Only the image's header is checked
     here, with its declared size against the file and the job's budget
-    (:func:`memory_budget_bytes`); its voxels are read once, by :func:`SegmentImage`, whose
-    Segmenter checks them (finite, not constant).
+    (:func:`memory_budget_bytes`); its voxels are read once, by :func:`SegmentImage` (run at the
+    same time), whose Segmenter checks them (finite, not constant). No torch import: this task
+    stays light.
     """
     from l2s_pipelines.errors import InputError
     from l2s_pipelines.io.checks import check_nifti_file
@@ -173,12 +177,14 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
     """Segment one image (inference only) into the folder ``seg_dir`` (see the module docstring).
 
     ``nthreads`` bounds torch's intra-op threads; ``seed`` seeds torch and numpy, and torch runs
-    in deterministic mode (bit-identical CPU results for the same seed, input and threads);
+    deterministically (bit-identical CPU results for the same seed, input and threads; on CUDA,
+    torch's deterministic mode);
     ``model_sha256`` and ``fingerprint`` (size and mtime of the image) only enter the cache key,
     so a changed model or image reruns. ``mem_mb``: memory budget of this segmentation in MiB
     (see :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory
-    shared by ``CPUs // nthreads`` concurrent workers. The image was checked by
-    :func:`CheckImage`; its voxels are read once, here. Returns the folder as a string (its path
+    shared by ``CPUs // nthreads`` concurrent workers. The image's declared size is checked
+    against that budget from its header before its voxels are read, once, here (a truncated
+    file fails the read with an InputError); :func:`CheckImage` checks the rest beside it. Returns the folder as a string (its path
     holds this job's checksum, so it keys the tasks that read it).
     """
     import os
@@ -191,13 +197,11 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
 
     from l2s_pipelines.errors import InputError
     from l2s_pipelines.inference import Segmenter
+    from l2s_pipelines.io.checks import check_nifti_file
     from l2s_pipelines.model_card import accuracy_summary, accuracy_warning
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(nthreads)))
-    # deterministic mode: same seed, input and threads -> bit-identical output on the CPU
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) % 2**32)
@@ -205,11 +209,16 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
     budget = memory_budget_bytes(mem_mb, nthreads)
     segmenter = Segmenter.from_package(model_dir, device, threads=max(1, int(nthreads)),
                                        memory_budget_bytes=budget)
+    if segmenter.device.type == "cuda":
+        # the CPU inference ops are deterministic already (same seed, input and threads ->
+        # bit-identical output); torch's switch imports its compiler stack (about a second)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    img = check_nifti_file(source, budget, count_data=False)  # declared size against the budget
     try:
-        img = nib.load(source)
         res = segmenter.segment(img, source_name=source, return_posteriors=bool(save_probseg),
                                 posteriors_dtype="auto")
-    except (OSError, EOFError, zlib.error) as exc:  # replaced or truncated since CheckImage
+    except (OSError, EOFError, zlib.error) as exc:  # truncated (CheckImage, run beside, counts the bytes)
         raise InputError(f"{source}: unreadable or truncated NIfTI ({type(exc).__name__})") from exc
     nib.save(res.dseg_image(), out / "dseg.nii.gz")
     probseg_encoding = None

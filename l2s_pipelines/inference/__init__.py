@@ -1,6 +1,24 @@
-"""Inference: model package + NIfTI image -> native-space posteriors and labels."""
+"""Inference: model package + NIfTI image -> native-space posteriors and labels.
 
-from l2s_pipelines.inference.memory import MemoryPlan, auto_memory_budget
-from l2s_pipelines.inference.segmenter import SegmentationResult, Segmenter, cpu_allocation, resolve_device
+The names below load lazily, so that importing a torch-free submodule (``memory``,
+``result``) never imports torch: a task that only checks a header or reads a result stays
+light.
+"""
 
-__all__ = ["MemoryPlan", "SegmentationResult", "Segmenter", "auto_memory_budget", "cpu_allocation", "resolve_device"]
+import importlib
+
+#: Public name -> submodule defining it.
+_EXPORTS = {"MemoryPlan": "memory", "auto_memory_budget": "memory", "SegmentationResult": "result",
+            "Segmenter": "segmenter", "resolve_device": "segmenter", "cpu_allocation": "segmenter"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return __all__

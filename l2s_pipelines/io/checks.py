@@ -51,14 +51,15 @@ def _gzip_data_bytes(path: str, need: int) -> int:
     return total
 
 
-def check_nifti_file(path, budget_bytes: int | None = None):
+def check_nifti_file(path, budget_bytes: int | None = None, *, count_data: bool = True):
     """Open a NIfTI file's header and check its declared size before any voxel is read.
 
     Refuses (InputError naming ``path``) dimensions that are not positive, voxel data shorter
     than the header declares (a forged or truncated file: counted by streaming for ``.gz``,
-    never held), and, with ``budget_bytes``, an image whose native buffers (the on-disk array
-    plus :data:`NATIVE_BYTES_PER_VOXEL` per voxel) exceed the budget. Returns the image with
-    its data not yet read.
+    never held; skipped with ``count_data=False``, for a caller that reads the voxels next and
+    turns a short read into the same error), and, with ``budget_bytes``, an image whose native
+    buffers (the on-disk array plus :data:`NATIVE_BYTES_PER_VOXEL` per voxel) exceed the
+    budget. Returns the image with its data not yet read.
     """
     path = str(path)
     try:
@@ -78,6 +79,8 @@ def check_nifti_file(path, budget_bytes: int | None = None):
         raise InputError(f"{path}: image of {'x'.join(map(str, shape))} voxels needs about "
                          f"{_gib(nvox * (itemsize + NATIVE_BYTES_PER_VOXEL))} of memory, more than the "
                          f"budget of {_gib(budget_bytes)} (raise --mem or run fewer jobs at once)")
+    if not count_data:
+        return img
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
     try:

@@ -154,7 +154,8 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     if reference is not None:
         ref_data = np.asanyarray(nib.load(str(reference)).dataobj)
     measures = write_measures(out_dir, result=res, affine=img.affine, reference_data=ref_data)
-    files["dseg_tsv"], files["volumes"], files["qc"] = out_dir / "dseg.tsv", out_dir / "volumes.tsv", out_dir / "qc.json"
+    for kind, name in (("dseg_tsv", "dseg.tsv"), ("volumes", "volumes.tsv"), ("qc", "qc.json")):
+        files[kind] = out_dir / name
     if measures["dice"] is not None:
         files["dice"] = out_dir / "dice.tsv"
     manifest = segmenter.manifest

@@ -184,8 +184,9 @@ def SegmentImage(source: str, model_dir: str, model_sha256: str, device: str, sa
     (see :mod:`l2s_pipelines.inference.memory`); 0 = automatic, 80% of the available memory
     shared by ``CPUs // nthreads`` concurrent workers. The image's declared size is checked
     against that budget from its header before its voxels are read, once, here (a truncated
-    file fails the read with an InputError); :func:`CheckImage` checks the rest beside it. Returns the folder as a string (its path
-    holds this job's checksum, so it keys the tasks that read it).
+    file fails the read with an InputError); :func:`CheckImage` checks the rest beside it.
+    Returns the folder as a string (its path holds this job's checksum, so it keys the tasks
+    that read it).
     """
     import os
     import time

@@ -265,7 +265,8 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
         cmd_b = app_command(bids, out_b, work_b, model, 1, args.threads, args.device)
         wall, start, text = timed(cmd_b, env, tmp / f"app_{r}.log")
         if r < 0:
-            shutil.rmtree(out_b), shutil.rmtree(work_b)
+            for folder in (out_b, work_b):
+                shutil.rmtree(folder)
             continue
         status = [row["status"] for row in read_summary(out_b)]
         if status != ["ok"]:

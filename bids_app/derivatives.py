@@ -237,8 +237,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     Parameters
     ----------
     result_dir : path-like
-        Folder with ``dseg.nii.gz``, ``dseg.tsv`` (labels present; computed from the image in a
-        folder without it), ``volumes.tsv``, ``qc.json``, ``info.json`` and optionally
+        Folder with ``dseg.nii.gz``, ``volumes.tsv``, ``qc.json``, ``info.json`` and optionally
         ``probseg.nii.gz``, ``dice.tsv``, ``figures/*.png``.
     output_dir : path-like
         Derivatives root (``dataset_description.json`` lives there).
@@ -272,7 +271,7 @@ def publish_image_results(result_dir, output_dir, *, entities: dict, source_file
     source_uri = bids_uri(source_file, bids_dir)
     written: dict[str, Path] = {}
 
-    tsv_text, rows = tables.lookup_table_tsv(result_dir, info["labels"])
+    tsv_text, rows = tables.lookup_table_tsv(result_dir / "dseg.nii.gz", info["labels"])
     written["dseg_tsv"] = atomic_write_text(_with(prefix, "_dseg.tsv"), tsv_text)
     written["dseg"] = atomic_copy(result_dir / "dseg.nii.gz", _with(prefix, "_dseg.nii.gz"), move=move)
     model = model_entry(info)

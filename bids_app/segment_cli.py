@@ -181,7 +181,7 @@ def _publish_files(staged: Path, info: dict, *, source: Path, dseg: Path, base: 
                                                     model_entry, write_json)
     from l2s_pipelines.bids_app.provenance import code_url, software_versions
 
-    tsv_text, _ = tables.lookup_table_tsv(staged, info["labels"])
+    tsv_text, _ = tables.lookup_table_tsv(staged / "dseg.nii.gz", info["labels"])
     written["dseg_tsv"] = atomic_write_text(dseg.with_name(_stem(dseg) + ".tsv"), tsv_text)
     written["dseg"] = atomic_copy(staged / "dseg.nii.gz", dseg, move=True)
     for kind, suffix in (("probseg", "_probseg.nii.gz"), ("resampled", "_resampled.nii.gz")):

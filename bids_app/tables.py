@@ -84,29 +84,19 @@ def qc_frame(qc: dict):
     return frame
 
 
-def lookup_table_tsv(result_dir, labels) -> tuple[str, list[dict]]:
+def lookup_table_tsv(dseg_path, labels) -> tuple[str, list[dict]]:
     """dseg.tsv text (BIDS look-up table: index, name, abbreviation, color) for exactly the label
-    values present in the result folder's ``dseg.nii.gz``, in table order (:meth:`LabelTable.tsv_text
-    <l2s_pipelines.labels.LabelTable.tsv_text>`), and those label entries. The values come from
-    the folder's ``dseg.tsv``, written by the measure step from the labels it counted, or, in a
-    folder without one (an older version's cache), from the image itself."""
+    values present in the image ``dseg_path``, in table order (:meth:`LabelTable.tsv_text
+    <l2s_pipelines.labels.LabelTable.tsv_text>`), and those label entries."""
+    import nibabel as nib
+    import numpy as np
+
     from l2s_pipelines.errors import InputError
-    from l2s_pipelines.labels import LabelTable
+    from l2s_pipelines.labels import LabelTable, present_values
 
-    result_dir = Path(result_dir)
+    present = present_values(np.asanyarray(nib.load(str(dseg_path)).dataobj))
     table = LabelTable.from_dict(labels)
-    listed = result_dir / "dseg.tsv"
-    if listed.is_file():
-        present = {int(line.split("\t", 1)[0]) for line in listed.read_text(encoding="utf-8").splitlines()[1:]
-                   if line.strip()}
-    else:
-        import nibabel as nib
-        import numpy as np
-
-        from l2s_pipelines.metrics import present_values
-
-        present = present_values(np.asanyarray(nib.load(str(result_dir / "dseg.nii.gz")).dataobj))
     unknown = present - set(table.values)
     if unknown:
-        raise InputError(f"{result_dir / 'dseg.nii.gz'}: label values {sorted(unknown)} are not in the label table")
+        raise InputError(f"{dseg_path}: label values {sorted(unknown)} are not in the label table")
     return table.tsv_text(values=present), [e for e in table.entries() if e["value"] in present]

@@ -79,23 +79,6 @@ def _channel_index(label_map: np.ndarray, values) -> np.ndarray:
     return lut[np.clip(lab, -1, vmax)]
 
 
-def present_values(label_map: np.ndarray) -> set[int]:
-    """The distinct values of an integer label map. 8- and 16-bit maps (every dseg) are counted
-    on their own bits in one pass (no sort, unlike ``np.unique``); other dtypes use np.unique.
-
-    >>> sorted(present_values(np.array([[0, 3], [-2, 3]], dtype=np.int16)))
-    [-2, 0, 3]
-    """
-    lab = np.asarray(label_map)
-    if lab.dtype.kind in "ui" and lab.dtype.itemsize <= 2:
-        bits = lab.view(np.dtype(f"u{lab.dtype.itemsize}")).ravel(order="K")  # no copy for F order
-        hits = np.flatnonzero(np.bincount(bits, minlength=1))
-        if lab.dtype.kind == "i":  # the upper half of the bit patterns are negative values
-            hits = np.where(hits >= 2 ** (8 * lab.dtype.itemsize - 1), hits - 2 ** (8 * lab.dtype.itemsize), hits)
-        return set(int(v) for v in hits)
-    return set(np.unique(lab).astype(int).tolist())
-
-
 def _counts(label_map: np.ndarray, values, mask: np.ndarray | None = None) -> np.ndarray:
     idx = _channel_index(label_map, values)
     if mask is not None:

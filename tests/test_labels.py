@@ -81,3 +81,20 @@ def test_generation_classes_from_tsv():
     assert cls[999] not in {cls[v] for v in (0, 17, 53, 4)}  # unknown value: own class
     with pytest.raises(InputError, match="nothere"):
         generation_classes([0], "/nonexistent/nothere.tsv")
+
+
+def test_present_values_match_numpy_unique_for_every_integer_layout():
+    """The bincount path (8/16-bit maps, signed and unsigned, C or Fortran order) and the
+    np.unique path give the values np.unique gives."""
+    import numpy as np
+
+    from l2s_pipelines.labels import present_values
+
+    rng = np.random.default_rng(0)
+    base = rng.choice([-3, 0, 2, 41, 127], size=(7, 6, 5))
+    for dtype in (np.int8, np.int16, np.int32, np.float32):
+        for lab in (base.astype(dtype), np.asfortranarray(base.astype(dtype))):
+            assert present_values(lab) == set(np.unique(lab).astype(int).tolist()) == {-3, 0, 2, 41, 127}
+    unsigned = np.abs(base)
+    for dtype in (np.uint8, np.uint16):
+        assert present_values(unsigned.astype(dtype)) == {0, 2, 3, 41, 127}

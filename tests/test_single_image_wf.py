@@ -34,8 +34,8 @@ def test_figure_change_does_not_rerun_inference(tmp_path, model_dir):
     work = tmp_path / "work"
     opts = ImageOptions.from_manifest(model_dir=model_dir, manifest=read_manifest(model_dir))
     out = _run(init_single_image_wf(source=str(source), reference=str(reference), options=opts), work)
-    assert {p.name for p in out.iterdir()} == {"dseg.nii.gz", "dseg.tsv", "dice.tsv", "figures", "info.json",
-                                               "qc.json", "volumes.tsv"}
+    assert {p.name for p in out.iterdir()} == {"dseg.nii.gz", "dice.tsv", "figures", "info.json", "qc.json",
+                                               "volumes.tsv"}
     inference = _jobs(work, "result/segmentation.json")
     measures = _jobs(work, "result/tiv.json")
     figures = _jobs(work, "figures")

@@ -50,37 +50,3 @@ def test_tables_fixed_decimals_na_and_data_dictionaries(tmp_path):
     assert levels == {"1": LONG_METHOD}
     assert "session_id" in pd.read_csv(out / "group_outliers.tsv", sep="\t", nrows=0).columns
     assert {"*_morph.json", "*_stats.json"} <= set((out / ".bidsignore").read_text().split())
-
-
-def test_lookup_table_lists_the_labels_present_from_the_folder_or_the_image(tmp_path):
-    """The measure step writes dseg.tsv from the labels it counted; publishing reads it, and a
-    result folder without it (an older cache) gets the same table computed from the image."""
-    import nibabel as nib
-    import numpy as np
-    import pytest
-
-    from l2s_pipelines.bids_app.tables import lookup_table_tsv
-    from l2s_pipelines.errors import InputError
-    from l2s_pipelines.inference.result import SegmentationResult
-    from l2s_pipelines.labels import LabelTable
-    from l2s_pipelines.workflows.segment_files import write_measures
-
-    table = LabelTable.default()
-    dseg = np.zeros((10, 10, 10), np.int16)
-    dseg[2:5, 2:5, 2:5], dseg[6:9, 6:9, 6:9] = table.values[3], table.values[1]
-    measured = tmp_path / "measured"
-    measured.mkdir()
-    write_measures(measured, result=SegmentationResult(dseg=dseg, posteriors=None, label_table=table,
-                                                        affine=np.eye(4), soft_sums=np.zeros(len(table))),
-                   affine=np.eye(4))
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    nib.save(nib.Nifti1Image(dseg, np.eye(4)), bare / "dseg.nii.gz")
-    text, entries = lookup_table_tsv(measured, table.to_dict())
-    assert (text, entries) == lookup_table_tsv(bare, table.to_dict())
-    assert [e["value"] for e in entries] == [0, table.values[1], table.values[3]]
-    assert text == table.tsv_text(values={0, table.values[1], table.values[3]})
-    dseg[0, 0, 0] = 9999
-    nib.save(nib.Nifti1Image(dseg, np.eye(4)), bare / "dseg.nii.gz")
-    with pytest.raises(InputError, match="9999"):
-        lookup_table_tsv(bare, table.to_dict())

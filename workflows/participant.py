@@ -18,7 +18,7 @@ Example (building runs anywhere; running needs a model package and a 3D NIfTI)
 >>> with make_submitter("debug", work_dir="work") as sub:  # doctest: +SKIP
 ...     res = sub(wf)
 >>> sorted(p.name for p in res.outputs.out_dir.fspath.iterdir())  # doctest: +SKIP
-['dseg.nii.gz', 'dseg.tsv', 'figures', 'info.json', 'qc.json', 'volumes.tsv']
+['dseg.nii.gz', 'figures', 'info.json', 'qc.json', 'volumes.tsv']
 """
 
 from __future__ import annotations

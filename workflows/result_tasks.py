@@ -27,7 +27,7 @@ from pydra.compose import python
 
 #: Files of a SegmentImage folder and of a MeasureSegmentation folder copied into the result.
 SEGMENTATION_FILES = ("dseg.nii.gz", "probseg.nii.gz")
-MEASURE_FILES = ("dseg.tsv", "volumes.tsv", "dice.tsv", "qc.json")
+MEASURE_FILES = ("volumes.tsv", "dice.tsv", "qc.json")
 
 
 def read_segmentation(seg_dir: str) -> dict:

@@ -8,7 +8,7 @@ result folder holds the files of the BIDS app's per-image result folder:
 
 ======================  ======================================================================
 ``dseg.nii.gz``         int16 label values on the input grid (on the model grid with ``resample``)
-``dseg.tsv``            look-up table of the labels present (``index name abbreviation color``)
+``dseg.tsv``            the model's look-up table (``index name abbreviation color``)
 ``volumes.tsv``         hard and soft volume of every label in mm^3
 ``qc.json``             automated QC flags (:func:`l2s_pipelines.metrics.qc_flags`)
 ``dice.tsv``            Dice per label, only with a ``reference`` label map on the same grid
@@ -61,8 +61,7 @@ def model_grid_image(img: nib.Nifti1Image, voxel_size_mm) -> nib.Nifti1Image:
 
 
 def write_measures(out_dir, *, result, affine, reference_data=None) -> dict:
-    """Write ``dseg.tsv`` (the look-up table of the labels present), ``volumes.tsv``,
-    ``qc.json`` and (with ``reference_data``) ``dice.tsv`` of one
+    """Write ``volumes.tsv``, ``qc.json`` and (with ``reference_data``) ``dice.tsv`` of one
     :class:`~l2s_pipelines.inference.SegmentationResult` into ``out_dir``.
 
     ``affine`` gives the voxel volume; ``reference_data`` is a label map of ``result.dseg``'s
@@ -73,11 +72,6 @@ def write_measures(out_dir, *, result, affine, reference_data=None) -> dict:
     out_dir = Path(out_dir)
     table = result.label_table
     dseg = np.asarray(result.dseg)
-    present = metrics.present_values(dseg)
-    unknown = present - set(table.values)
-    if unknown:
-        raise InputError(f"{out_dir / 'dseg.nii.gz'}: label values {sorted(unknown)[:10]} are not in the label table")
-    (out_dir / "dseg.tsv").write_text(table.tsv_text(values=present), encoding="utf-8")
     vols = metrics.label_volumes(dseg, None, affine, table, soft_sums=result.soft_sums)
     metrics.write_tsv(vols["rows"], out_dir / "volumes.tsv", metrics.VOLUME_COLUMNS)
     dice = None
@@ -143,6 +137,7 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     res = segmenter.segment(img, source_name=in_file, return_posteriors=bool(posteriors), posteriors_dtype="auto")
     files["dseg"] = out_dir / "dseg.nii.gz"
     nib.save(res.dseg_image(), files["dseg"])
+    files["dseg_tsv"] = res.label_table.to_tsv(out_dir / "dseg.tsv")
     probseg_encoding = None
     if posteriors:
         files["probseg"] = out_dir / "probseg.nii.gz"
@@ -154,8 +149,7 @@ def segment_to_folder(segmenter, in_file, out_dir, *, posteriors: bool = False, 
     if reference is not None:
         ref_data = np.asanyarray(nib.load(str(reference)).dataobj)
     measures = write_measures(out_dir, result=res, affine=img.affine, reference_data=ref_data)
-    for kind, name in (("dseg_tsv", "dseg.tsv"), ("volumes", "volumes.tsv"), ("qc", "qc.json")):
-        files[kind] = out_dir / name
+    files["volumes"], files["qc"] = out_dir / "volumes.tsv", out_dir / "qc.json"
     if measures["dice"] is not None:
         files["dice"] = out_dir / "dice.tsv"
     manifest = segmenter.manifest

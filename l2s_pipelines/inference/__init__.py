@@ -7,9 +7,10 @@ light.
 
 import importlib
 
-#: Public name -> submodule defining it.
-_EXPORTS = {"MemoryPlan": "memory", "auto_memory_budget": "memory", "SegmentationResult": "result",
-            "Segmenter": "segmenter", "resolve_device": "segmenter", "cpu_allocation": "segmenter"}
+#: Public name -> module defining it.
+_EXPORTS = {"MemoryPlan": f"{__name__}.memory", "auto_memory_budget": f"{__name__}.memory",
+            "SegmentationResult": f"{__name__}.result", "Segmenter": f"{__name__}.segmenter",
+            "resolve_device": f"{__name__}.segmenter", "cpu_allocation": "l2s_pipelines.system"}
 
 __all__ = sorted(_EXPORTS)
 
@@ -17,7 +18,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
 
 
 def __dir__():

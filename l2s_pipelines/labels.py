@@ -266,8 +266,9 @@ def generation_classes(values, table_path=None) -> dict[int, int]:
 
 def present_values(label_map) -> set[int]:
     """The distinct values of an integer label map ``(X, Y, Z)`` (any shape). 8- and 16-bit maps
-    (every dseg) are counted on their own bits in one pass (no sort, unlike ``np.unique``:
-    0.04 s against 0.24 s for 256^3); other dtypes go through np.unique.
+    (every dseg) are looked up on their own bit patterns in one pass that marks a table of 256 or
+    65,536 entries (no sort and no 64-bit copy, unlike ``np.unique`` or ``np.bincount``: about
+    0.06 s against 0.24 s for 256^3); other dtypes go through np.unique.
 
     >>> import numpy as np
     >>> sorted(present_values(np.array([[0, 3], [-2, 3]], dtype=np.int16)))
@@ -278,7 +279,9 @@ def present_values(label_map) -> set[int]:
     lab = np.asarray(label_map)
     if lab.dtype.kind in "ui" and lab.dtype.itemsize <= 2:
         bits = lab.view(np.dtype(f"u{lab.dtype.itemsize}")).ravel(order="K")  # no copy for F order
-        hits = np.flatnonzero(np.bincount(bits, minlength=1))
+        seen = np.zeros(2 ** (8 * lab.dtype.itemsize), dtype=bool)
+        seen[bits] = True
+        hits = np.flatnonzero(seen)
         if lab.dtype.kind == "i":  # the upper half of the bit patterns are negative values
             half = 2 ** (8 * lab.dtype.itemsize - 1)
             hits = np.where(hits >= half, hits - 2 * half, hits)

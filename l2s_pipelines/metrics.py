@@ -31,7 +31,6 @@ import math
 import os
 
 import numpy as np
-from scipy import ndimage
 
 TIV_RANGE_MM3 = (900_000.0, 2_200_000.0)
 ASYMMETRY_MAX = 0.25
@@ -210,7 +209,10 @@ def _flag(name, value, threshold, flagged, description) -> dict:
 
 def _largest_component_fractions(dseg: np.ndarray, values) -> dict[int, float]:
     """``{value: largest 26-connected component / voxels of that label}`` (NaN when absent),
-    each label examined inside its own bounding box, the boxes found in one pass."""
+    each label examined inside its own bounding box, the boxes found in one pass. scipy is
+    imported here only: the reports, which read this module's tables, do not pay for it."""
+    from scipy import ndimage
+
     lab = np.asarray(dseg)
     if lab.dtype.kind not in "ui":
         lab = lab.astype(np.int64)

@@ -84,7 +84,7 @@ def test_generation_classes_from_tsv():
 
 
 def test_present_values_match_numpy_unique_for_every_integer_layout():
-    """The bincount path (8/16-bit maps, signed and unsigned, C or Fortran order) and the
+    """The look-up path (8/16-bit maps, signed and unsigned, C or Fortran order) and the
     np.unique path give the values np.unique gives."""
     import numpy as np
 

@@ -11,11 +11,13 @@ of (a) a fresh Python process that imports the library, loads the model package,
 flags and the report figures, made by the library functions the app's tasks call
 (``bench_app_children.py``); (b) a fresh ``l2s-bids BIDS OUT participant`` process on a
 one-subject BIDS dataset holding that image (pybids indexing, Pydra ``cf`` worker, checks, QC,
-figures, derivatives, subject report). The three are alternated ``--repeats`` times in one run,
-after one untimed round (page cache, bytecode caches: the timed processes run with Python's
+figures, derivatives, subject report). The three are run in ``--repeats`` rounds in one run, each
+round in a rotated order (a, c, b / c, b, a / b, a, c ...: a drift within a round is not always
+counted against the same path), after one untimed round (page cache, bytecode caches: the timed processes run with Python's
 bytecode cache on, as in a normal install, even where ``PYTHONDONTWRITEBYTECODE`` is set);
 medians, ``overhead = median(b) / median(a) - 1`` (against the bare call) and
-``overhead_same_outputs = median(b) / median(c) - 1`` (the BIDS App and Pydra themselves). The
+``overhead_same_outputs = median(b) / median(c) - 1`` (the BIDS App and Pydra themselves), and
+the same as medians of the per-round ratios (``overhead_paired``, ``overhead_same_outputs_paired``). The
 breakdown comes from (a)'s and (c)'s own stage timers and from (b)'s ``_dseg.json`` sidecar
 (``RuntimeSeconds``, ``TimingsSeconds``) and its log timestamps.
 
@@ -47,106 +49,15 @@ from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATA = Path(os.environ.get("L2S_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(HERE))
+from bench_app_children import direct_child  # noqa: E402
+from bench_app_inputs import (DATA, model_record, one_subject_dataset, resolve_model,  # noqa: E402
+                              varied_dataset)
+
 BERT = DATA / "bids_real" / "sub-bert" / "anat" / "sub-bert_rec-fsnorm_T1w.nii.gz"
 IXI = sorted((DATA / "bids_real").glob("sub-ixi*/anat/sub-ixi*_T1w.nii.gz"))
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
-sys.path.insert(0, str(HERE))
-from bench_app_children import direct_child  # noqa: E402
-
-
-# ----------------------------------------------------------------------------- datasets and model
-def write_bids_root(root: Path, name: str) -> None:
-    """A minimal valid raw BIDS dataset folder (dataset_description.json, README)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps(
-        {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, indent=2) + "\n")
-    (root / "README").write_text(f"{name}: temporary benchmark dataset made by benchmarks/bench_app.py\n")
-
-
-def one_subject_dataset(root: Path, image: Path) -> Path:
-    """BIDS dataset holding ``image`` as ``sub-bench/anat/sub-bench_T1w.nii.gz`` (a copy)."""
-    write_bids_root(root, "bench_app overhead")
-    anat = root / "sub-bench" / "anat"
-    anat.mkdir(parents=True)
-    shutil.copyfile(image, anat / "sub-bench_T1w.nii.gz")
-    return root
-
-
-def varied_dataset(root: Path, sources: list[Path], n: int, seed: int = 0) -> Path:
-    """BIDS dataset of ``n`` subjects ``sub-tNN``: scan ``sources[i % len]`` times a random
-    intensity scale in [0.9, 1.1] plus Gaussian noise of 1% of its 99th percentile (seeded)."""
-    import nibabel as nib
-    import numpy as np
-
-    if not sources:
-        raise SystemExit(f"no IXI scans found under {DATA / 'bids_real'}")
-    write_bids_root(root, "bench_app throughput")
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        img = nib.load(sources[i % len(sources)])
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        scale = rng.uniform(0.9, 1.1)
-        sigma = 0.01 * float(np.percentile(data, 99))
-        data = np.clip(data * scale + rng.normal(0, sigma, data.shape).astype(np.float32), 0, None)
-        hdr = img.header.copy()
-        hdr.set_data_dtype(np.float32)
-        anat = root / f"sub-t{i:02d}" / "anat"
-        anat.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(data, img.affine, hdr), anat / f"sub-t{i:02d}_T1w.nii.gz")
-    return root
-
-
-def standin_package(directory: Path) -> Path:
-    """UNTRAINED package with the default model's shape: 2D UNet (16-24-32-48-64, 33 labels),
-    2.5D over axial + coronal, 2 mm voxels. For timings only."""
-    import torch
-
-    from l2s_pipelines.io.checkpoint import save_model_package
-    from l2s_pipelines.labels import LabelTable
-    from l2s_pipelines.nn.unet import UNet, UNetConfig
-
-    table = LabelTable.default()
-    cfg = UNetConfig(ndim=2, out_channels=len(table))
-    torch.manual_seed(0)
-    manifest = {"name": "bench-standin-untrained-2p5d", "description": "random weights, timing stand-in",
-                "architecture": cfg.to_dict(), "labels": table.to_dict()["labels"],
-                "preprocessing": {"orientation": "RAS", "voxel_size_mm": [2.0, 2.0, 2.0],
-                                  "intensity": "percentile", "percentiles": [1, 99]},
-                "inference": {"mode": "2.5d", "planes": ["axial", "coronal"]},
-                "training": {"method": "none (untrained timing stand-in)", "steps": 0, "seed": 0}}
-    return save_model_package(directory, UNet(cfg), manifest)
-
-
-def resolve_model(args, tmp: Path) -> tuple[Path, bool]:
-    """(model package folder, is_timing_standin); a clear exit message when none is found."""
-    if args.model is not None:
-        if not (args.model / "manifest.json").is_file():
-            raise SystemExit(f"{args.model}: not a model package (manifest.json missing)")
-        return args.model.resolve(), False
-    if args.standin:
-        return standin_package(tmp / "standin_model"), True
-    from l2s_pipelines.errors import ModelError
-    from l2s_pipelines.io.checkpoint import default_model_dir
-
-    try:
-        return default_model_dir(), False
-    except ModelError as exc:
-        raise SystemExit(f"bench_app: {exc}\nPass --model PKG (e.g. /work/runs/l2s-parametric/step_00500) "
-                         "or --standin (untrained timing stand-in).") from None
-
-
-def model_record(path: Path, standin: bool) -> dict:
-    from l2s_pipelines.io.checkpoint import read_manifest
-
-    m = read_manifest(path)
-    return {"path": str(path), "name": m.get("name"), "sha256": m.get("weights", {}).get("sha256"),
-            "timing_standin": standin, "trained": not standin,
-            "training_method": m.get("training", {}).get("method"), "training_steps": m.get("training", {}).get("steps"),
-            "architecture": m.get("architecture"), "inference": m.get("inference"),
-            "voxel_size_mm": m.get("preprocessing", {}).get("voxel_size_mm")}
 
 
 # ----------------------------------------------------------------------------- running
@@ -245,58 +156,80 @@ def median(xs):
 
 
 # ----------------------------------------------------------------------------- benchmarks
+def run_direct(args, model: Path, bids: Path, tmp: Path, env: dict, kind: str, r: int) -> tuple[dict, list[str]]:
+    """One fresh ``_direct`` process, ``kind`` 'bare' (a) or 'same_outputs' (c): its wall time
+    and its own stage timers, and the command."""
+    out = tmp / f"direct_{kind}_{r}"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_direct", str(model),
+           str(bids / "sub-bench/anat/sub-bench_T1w.nii.gz"), str(out), str(args.threads), args.device, kind]
+    wall, _, text = timed(cmd, env, tmp / f"direct_{kind}_{r}.log")
+    shutil.rmtree(out)
+    return {"wall_s": round(wall, 3), **json.loads(text.strip().splitlines()[-1])}, cmd
+
+
+def run_app(args, model: Path, bids: Path, tmp: Path, env: dict, r: int) -> tuple[dict, list[str]]:
+    """One fresh ``l2s-bids participant`` process (b): wall time, breakdown, task timeline."""
+    out, work = tmp / f"app_out_{r}", tmp / f"app_work_{r}"
+    cmd = app_command(bids, out, work, model, 1, args.threads, args.device)
+    wall, start, text = timed(cmd, env, tmp / f"app_{r}.log")
+    status = [row["status"] for row in read_summary(out)]
+    if status != ["ok"]:
+        raise SystemExit(f"l2s-bids run {r}: statuses {status}; log in {tmp / f'app_{r}.log'}")
+    run = {**app_breakdown(out, wall, text, start), "task_timeline": task_timeline(work, start)}
+    for folder in (out, work):
+        shutil.rmtree(folder)
+    return run, cmd
+
+
+PATHS = ("bare", "same_outputs", "app")
+
+
 def bench_overhead(args, model: Path, tmp: Path) -> dict:
+    """Rounds of the three paths; round ``r`` runs them in ``PATHS`` rotated by ``r``, so that a
+    drift within a round (the host warming up, another process) is not always counted against
+    the same path. Round -1 is untimed: page cache and the bytecode caches of all paths."""
     bids = one_subject_dataset(tmp / "bids_one", args.input)
     env = child_env(args.threads)
-    direct, same, app = [], [], []
-    # repeat -1 is untimed: it warms the page cache and writes the bytecode caches of both paths
+    runs: dict[str, list] = {p: [] for p in PATHS}
+    cmds: dict[str, list[str]] = {}
     for r in range(-1, args.repeats):
-        cmds = {}
-        for kind, runs in (("bare", direct), ("same_outputs", same)):
-            out_a = tmp / f"direct_{kind}_{r}"
-            cmds[kind] = [sys.executable, str(Path(__file__).resolve()), "_direct", str(model),
-                          str(bids / "sub-bench/anat/sub-bench_T1w.nii.gz"), str(out_a), str(args.threads),
-                          args.device, kind]
-            wall, _, text = timed(cmds[kind], env, tmp / f"direct_{kind}_{r}.log")
+        order = PATHS[r % 3:] + PATHS[:r % 3]
+        for path in order:
+            run, cmds[path] = (run_app(args, model, bids, tmp, env, r) if path == "app"
+                               else run_direct(args, model, bids, tmp, env, path, r))
             if r >= 0:
-                runs.append({"wall_s": round(wall, 3), **json.loads(text.strip().splitlines()[-1])})
-            shutil.rmtree(out_a)
-        out_b, work_b = tmp / f"app_out_{r}", tmp / f"app_work_{r}"
-        cmd_b = app_command(bids, out_b, work_b, model, 1, args.threads, args.device)
-        wall, start, text = timed(cmd_b, env, tmp / f"app_{r}.log")
-        if r < 0:
-            for folder in (out_b, work_b):
-                shutil.rmtree(folder)
-            continue
-        status = [row["status"] for row in read_summary(out_b)]
-        if status != ["ok"]:
-            raise SystemExit(f"l2s-bids run {r}: statuses {status}; log in {tmp / f'app_{r}.log'}")
-        app.append({**app_breakdown(out_b, wall, text, start), "task_timeline": task_timeline(work_b, start)})
-        print(f"repeat {r}: direct {direct[-1]['wall_s']:.1f} s, direct with QC and figures "
-              f"{same[-1]['wall_s']:.1f} s, l2s-bids {app[-1]['wall_s']:.1f} s", flush=True)
-        for folder in (out_b, work_b):
-            shutil.rmtree(folder)
-    ma, mc, mb = (median([d["wall_s"] for d in runs]) for runs in (direct, same, app))
+                runs[path].append({"round": r, "position_in_round": order.index(path), **run})
+        if r >= 0:
+            print(f"round {r} ({' -> '.join(order)}): direct {runs['bare'][-1]['wall_s']:.1f} s, direct with QC "
+                  f"and figures {runs['same_outputs'][-1]['wall_s']:.1f} s, l2s-bids {runs['app'][-1]['wall_s']:.1f} s",
+                  flush=True)
+    direct, same, app = (runs[p] for p in PATHS)
+    ma, mc, mb = (median([d["wall_s"] for d in rs]) for rs in (direct, same, app))
     # the segmenter's own time varies with machine load; the work outside it is steadier
-    outside_a, outside_c = (median([d["wall_s"] - d["segmenter_timings_s"]["total"] for d in runs])
-                            for runs in (direct, same))
-    outside_b = median([a["wall_s"] - a["segmenter_timings_s"]["total"] for a in app
-                        if a["segmenter_timings_s"]])
+    outside_a, outside_c, outside_b = (median([d["wall_s"] - d["segmenter_timings_s"]["total"] for d in rs
+                                               if d.get("segmenter_timings_s")]) for rs in (direct, same, app))
     rel = lambda b, a, base: None if b is None else round((b - a) / base, 4)  # noqa: E731
+    paired = lambda base: round(statistics.median(  # noqa: E731
+        b["wall_s"] / a["wall_s"] - 1 for a, b in zip(base, app)), 4)
     return {"direct": {"command": " ".join(cmds["bare"]), "runs": direct, "median_wall_s": ma,
                        "median_outside_segmenter_s": outside_a},
             "direct_same_outputs": {"command": " ".join(cmds["same_outputs"]), "runs": same, "median_wall_s": mc,
                                     "median_outside_segmenter_s": outside_c},
-            "app": {"command": " ".join(cmd_b), "runs": app, "median_wall_s": mb,
+            "app": {"command": " ".join(cmds["app"]), "runs": app, "median_wall_s": mb,
                     "median_outside_segmenter_s": outside_b},
+            "round_orders": [list(PATHS[r % 3:] + PATHS[:r % 3]) for r in range(args.repeats)],
             "overhead": round(mb / ma - 1, 4), "overhead_target": "at most 0.05 (issue 11)",
             "overhead_same_outputs": round(mb / mc - 1, 4),
+            "overhead_paired": paired(direct), "overhead_same_outputs_paired": paired(same),
             "overhead_outside_segmenter": rel(outside_b, outside_a, ma),
             "overhead_same_outputs_outside_segmenter": rel(outside_b, outside_c, mc),
             "overhead_definitions": {
                 "overhead": "median wall (b) / median wall (a) - 1, whole processes",
                 "overhead_same_outputs": "median wall (b) / median wall (c) - 1: the BIDS App and Pydra "
                                          "themselves, the QC and figures being made by both",
+                "overhead_paired": "median over rounds of (b_r / a_r - 1), each round's paths run back to "
+                                   "back in a rotated order",
+                "overhead_same_outputs_paired": "median over rounds of (b_r / c_r - 1)",
                 "overhead_outside_segmenter": "(median of (b) wall minus its Segmenter.segment total, minus the "
                                               "same for (a)) / median wall (a): less sensitive to load noise "
                                               "in the segmenter itself",
@@ -364,7 +297,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, help="model package (default: the bundled one)")
     ap.add_argument("--standin", action="store_true", help="untrained 2.5D 2 mm package (timings only)")
     ap.add_argument("--input", type=Path, default=BERT, help="1 mm 256^3 T1w for the overhead part")
-    ap.add_argument("--repeats", type=int, default=3, help="alternated (a)/(c)/(b) triples")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (a), (c), (b) in rotated orders")
     ap.add_argument("--n-images", type=int, default=20, help="images of the throughput part")
     ap.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     ap.add_argument("--cpus", type=int, default=available_cpus(), help="CPUs shared by the jobs")

@@ -24,7 +24,8 @@ breakdown comes from (a)'s and (c)'s own stage timers and from (b)'s ``_dseg.jso
 Throughput (``results/app_throughput.json``): ``--n-images`` copies of the 2 mm IXI scans of
 ``bids_real`` (each with its own intensity scale and a little noise, seeded) as separate subjects,
 processed by ``l2s-bids ... participant --nprocs 1`` and ``--nprocs 2`` in the same run (threads per
-job: CPUs // nprocs); images per minute and the speed-up.
+job: CPUs // nprocs); images per minute, the speed-up, and the seconds from launch to the first
+image published (``first_result_s``: images are published as they finish).
 
 Model: ``--model PKG``; default the bundled ``l2s_pipelines/models/default``; ``--standin`` builds
 an UNTRAINED package with the default 2.5D 2 mm architecture (timings only, recorded as such).
@@ -93,7 +94,7 @@ def app_command(bids: Path, out: Path, work: Path, model: Path, nprocs: int, thr
 
 def log_offsets(text: str, start_epoch: float) -> dict:
     """Seconds from process launch to key ``l2s.run`` log lines (``asctime`` of the CLI log)."""
-    marks = {"image(s) selected": "selected_s", "done:": "done_s"}
+    marks = {"image(s) selected": "selected_s", "] sub-": "first_result_s", "done:": "done_s"}
     found = {}
     for line in text.splitlines():
         for key, name in marks.items():
@@ -244,7 +245,7 @@ def bench_throughput(args, model: Path, tmp: Path) -> dict:
         out, work = tmp / f"tp_out_{nprocs}", tmp / f"tp_work_{nprocs}"
         cmd = app_command(bids, out, work, model, nprocs, threads, args.device)
         load_before = list(os.getloadavg())
-        wall, _, _ = timed(cmd, child_env(threads), tmp / f"throughput_{nprocs}.log")
+        wall, start, text = timed(cmd, child_env(threads), tmp / f"throughput_{nprocs}.log")
         rows = read_summary(out)
         ok = sum(r["status"] == "ok" for r in rows)
         runtimes = [float(r["runtime_s"]) for r in rows if r["runtime_s"] not in ("", "n/a")]
@@ -252,6 +253,8 @@ def bench_throughput(args, model: Path, tmp: Path) -> dict:
             "command": " ".join(cmd), "nprocs": nprocs, "threads_per_job": threads, "wall_s": round(wall, 3),
             "images_ok": ok, "images": len(rows), "images_per_min": round(60 * ok / wall, 3),
             "median_image_runtime_s": median(runtimes), "median_per_image_sidecar": sidecar_medians(out),
+            # launch to the first image published ("[1/N] sub-..." log line), and to the end
+            **log_offsets(text, start),
             "load_average_before": load_before,
             "load_average_after": list(os.getloadavg())}
         print(f"nprocs {nprocs}: {ok}/{len(rows)} images in {wall:.1f} s "

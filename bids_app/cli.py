@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cluster-jobs", choices=JOB_GRANULARITIES, default="image",
                    help="with slurm, sge or dask: one scheduler job per image (its check, inference, "
                         "measures, figures and result run inside it, each still cached) or one job per "
-                        "task (5 per image: more queue waits, finer resource use); cf and debug ignore it")
+                        "task (5 per image: more queue waits, finer resource use); ignored by cf, which runs one "
+                        "job per image when more images than --parallel-images are to be processed "
+                        "(images then finish and are published one after another), and by debug")
     m = p.add_argument_group("model and outputs")
     m.add_argument("--model", type=Path, help="model package folder (default: bundled model)")
     m.add_argument(*_both("--save-probseg"), action="store_true", help="also write 4D posteriors")

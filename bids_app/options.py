@@ -62,10 +62,17 @@ class RunOptions:
     cluster_jobs: str = "image"
     output_spaces: tuple[str, ...] = ()
 
-    @property
-    def job_per_image(self) -> bool:
-        """One scheduler job per image: ``--cluster-jobs image`` on a cluster worker."""
-        return self.plugin in CLUSTER_PLUGINS and self.cluster_jobs == "image"
+    def job_per_image(self, images_at_once: int) -> bool:
+        """Whether each image of a batch of ``images_at_once`` runs as one job (Pydra task):
+        ``--cluster-jobs image`` on a cluster worker, and on the local ``cf`` worker whenever
+        the batch holds more images than run at once (``parallel_images``). Locally this runs
+        the images depth first: each is segmented, measured, drawn and published before the
+        pool takes the next one, instead of every segmentation first and every result at the
+        end; with no more images than slots, per-task jobs let an image's checks, measures and
+        figures run beside each other instead."""
+        if self.plugin in CLUSTER_PLUGINS:
+            return self.cluster_jobs == "image"
+        return self.plugin == "cf" and images_at_once > self.parallel_images
 
     @property
     def logs_dir(self) -> Path:

@@ -1,12 +1,13 @@
 """Participant and group drivers of ``l2s-bids``.
 
 Participant level: check arguments, worker options, templates of ``--output-spaces`` and dataset
-(exit 2 before anything is written), clean stale
-Pydra state under the work folder, skip images whose derivatives are complete, run one
-single-image workflow per remaining image through the chosen Pydra worker, publish each
-successful result (atomically, from the cached result folder after the Submitter returns),
-write subject reports, ``logs/run_summary.tsv`` and ``logs/status.json`` (updated as images
-finish) and this invocation's record ``logs/<run-id>/`` (:mod:`~l2s_pipelines.bids_app.runlog`).
+(exit 2 before anything is written), clean stale Pydra state under the work folder, skip images
+whose derivatives are complete, and run one single-image workflow per remaining image through the
+chosen Pydra worker. Each successful result is published (atomically, from its cached result
+folder) as soon as its workflow has finished, while the others run, and a subject's report is
+written once its last image is done. ``logs/run_summary.tsv`` and ``logs/status.json`` are
+updated as images finish; this invocation's record is ``logs/<run-id>/``
+(:mod:`~l2s_pipelines.bids_app.runlog`).
 One failing image never stops the others unless ``--stop-on-first-crash``.
 
 Exit codes: 0 everything asked for succeeded (or was already complete); 2 bad arguments or
@@ -29,6 +30,8 @@ LOG = logging.getLogger("l2s.run")
 POLL_S = 0.5
 #: States that count as "this image's job is over" for the progress display.
 _COUNTED = ("finishing", "ok", "failed", "skipped", "not_run")
+#: Row states after which an image changes no more in this run.
+_FINAL = ("ok", "skipped", "failed", "not_run")
 
 
 def run(opts, command=None) -> int:
@@ -67,6 +70,11 @@ class Board:
         self.rows = [{"subject": im.subject, "session": im.session, "input": im.path, "status": "pending",
                       "error": "", "runtime_s": "", "peak_memory_mb": "", "device": ""} for im in images]
         self.runlog, self._lock = runlog, threading.Lock()
+        #: Images whose result has been published or recorded as failed (by :func:`_collect`).
+        self.collected: set[int] = set()
+        #: Subjects whose report has been written in this run.
+        self.reported: set[str] = set()
+        self.collect_lock = threading.Lock()
         self._t0 = [None] * len(self.rows)
         self._bar, self._counted = None, set()
         if sys.stderr.isatty():
@@ -85,6 +93,8 @@ class Board:
                 row["runtime_s"] = round(time.monotonic() - self._t0[i], 1)
             row.update(status=status, **fields)
             label = f"sub-{row['subject']}" + (f" ses-{row['session']}" if row["session"] else "")
+            if status == "running" and self._bar is None:
+                LOG.info("%s %s: started", label, Path(row["input"]).name)
             if status in _COUNTED and i not in self._counted:
                 self._counted.add(i)
                 if self._bar is not None:
@@ -112,22 +122,44 @@ class Board:
             self._bar.close()
 
 
-def _watch(board: Board, tasks: dict[int, object], work_dir: Path, stop: threading.Event) -> None:
-    """Poll the Pydra cache folders of the image workflows and mirror their state."""
-    from l2s_pipelines.workflows.execution import job_state
+def _watch(board: Board, tasks: dict[int, object], images, opts, stop: threading.Event) -> None:
+    """Poll the Pydra cache folders of the image workflows: mark an image running when its job
+    lock appears, and publish it (or record its error) as soon as its workflow has settled, so
+    that results appear while the run goes on. The main thread collects whatever is left when
+    the Submitter returns; a collection that raises here is left to it."""
+    from l2s_pipelines.workflows.execution import job_settled, job_state
 
+    deferred: set[int] = set()
     while not stop.wait(POLL_S):
         for i, task in tasks.items():
-            if board.rows[i]["status"] in ("pending", "running"):
-                state = job_state(task, work_dir)
-                if state == "running":
-                    board.set(i, "running")
-                elif state in ("done", "failed"):
+            if i in board.collected or i in deferred or board.rows[i]["status"] not in ("pending", "running"):
+                continue
+            if job_settled(task, opts.work_dir):
+                board.set(i, "running")  # logs its start if it ran between two polls
+                try:
+                    _collect(board, i, task, images[i], opts)
+                except Exception as exc:  # noqa: BLE001 (retried by the main thread)
+                    deferred.add(i)
                     board.set(i, "finishing")
+                    LOG.debug("image %d: collection deferred: %s", i, exc)
+            elif board.rows[i]["status"] == "pending" and job_state(task, opts.work_dir) == "running":
+                board.set(i, "running")
 
 
 def _collect(board: Board, i: int, task, im, opts) -> None:
-    """Publish image ``i`` from its cached result, or record its error."""
+    """Publish image ``i`` from its cached result, or record its error; once per image, whichever
+    of the watcher and the main thread comes first."""
+    with board.collect_lock:
+        if i in board.collected:
+            return
+        _publish_or_fail(board, i, task, im, opts)
+        board.collected.add(i)
+        subject = board.rows[i]["subject"]
+        if all(r["status"] in _FINAL for r in board.rows if r["subject"] == subject):
+            _subject_report(board, subject, opts)  # the subject's last image: its report now
+
+
+def _publish_or_fail(board: Board, i: int, task, im, opts) -> None:
     from l2s_pipelines.bids_app.derivatives import publish_image_results
     from l2s_pipelines.workflows.execution import job_error, load_job_result
 
@@ -158,7 +190,7 @@ def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
     batches = [[i] for i in todo] if opts.stop_on_first_crash else [todo]
     nprocs = pool_processes(opts.parallel_images, max((len(b) for b in batches), default=1))
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(board, {i: tasks[i] for i in todo}, opts.work_dir, stop),
+    watcher = threading.Thread(target=_watch, args=(board, {i: tasks[i] for i in todo}, images, opts, stop),
                                daemon=True)
     watcher.start()
     try:
@@ -167,7 +199,8 @@ def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
             for batch in batches:
                 wf, _ = init_participant_wf(image_tasks=[tasks[i] for i in batch],
                                             entities=[images[i].entities for i in batch],
-                                            job_per_image=opts.job_per_image, cache_root=opts.work_dir)
+                                            job_per_image=opts.job_per_image(len(batch)),
+                                            cache_root=opts.work_dir)
                 try:
                     sub(wf, raise_errors=False)
                 except Exception as exc:  # errors of single images are read from their own records
@@ -183,22 +216,29 @@ def _execute(board: Board, todo: list[int], tasks: dict, images, opts) -> None:
         watcher.join()
 
 
-def _subject_reports(board: Board, opts) -> None:
+def _subject_report(board: Board, subject: str, opts) -> None:
+    """Write ``sub-<subject>.html`` (its images' failures listed); a report that cannot be
+    written fails the subject's successful images."""
     from l2s_pipelines.bids_app.report import write_subject_report
 
-    subjects: dict[str, list[str]] = {}
-    for r in board.rows:
-        errs = subjects.setdefault(r["subject"], [])
-        if r["status"] in ("failed", "not_run"):
-            errs.append(f"{Path(r['input']).name}: {r['error']}")
-    for subject, errors in subjects.items():
-        try:
-            write_subject_report(opts.output_dir, subject, errors=errors)
-        except Exception as exc:
-            LOG.error("sub-%s: subject report failed: %s", subject, exc)
-            for i, r in enumerate(board.rows):
-                if r["subject"] == subject and r["status"] == "ok":
-                    board.set(i, "failed", error=f"report: {type(exc).__name__}: {exc}")
+    rows = [(i, r) for i, r in enumerate(board.rows) if r["subject"] == subject]
+    errors = [f"{Path(r['input']).name}: {r['error']}" for _, r in rows if r["status"] in ("failed", "not_run")]
+    board.reported.add(subject)
+    try:
+        write_subject_report(opts.output_dir, subject, errors=errors)
+    except Exception as exc:
+        LOG.error("sub-%s: subject report failed: %s", subject, exc)
+        for i, r in rows:
+            if r["status"] == "ok":
+                board.set(i, "failed", error=f"report: {type(exc).__name__}: {exc}")
+
+
+def _subject_reports(board: Board, opts) -> None:
+    """The reports of the subjects not yet reported (by :func:`_collect`, as their last image
+    finished)."""
+    for subject in dict.fromkeys(r["subject"] for r in board.rows):
+        if subject not in board.reported:
+            _subject_report(board, subject, opts)
 
 
 def _image_tasks(images, model_dir: Path, manifest: dict, opts, resolution: int = 1) -> dict:

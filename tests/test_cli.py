@@ -114,6 +114,22 @@ def test_cf_pool_never_runs_more_segmentations_than_parallel_images(monkeypatch,
     assert seen == [2, 1, 2, 4]  # --stop-on-first-crash runs the images one at a time
 
 
+def test_job_granularity_per_plugin_and_batch(tmp_path):
+    """cf runs one job per image (depth first: images finish and are published one after
+    another) only when a batch holds more images than run at once; cluster workers follow
+    --cluster-jobs; debug runs tasks."""
+    def granularity(*extra):
+        o = opts_for(tmp_path / "b", tmp_path / "o", "participant", "--nprocs", "2", *extra)
+        return [o.job_per_image(n) for n in (1, 2, 3)]
+
+    assert opts_for(tmp_path / "b", tmp_path / "o", "participant", "--nprocs", "2").parallel_images == 2
+    assert granularity() == [False, False, True]
+    assert granularity("--parallel-images", "1", "--omp-nthreads", "2") == [False, True, True]
+    assert granularity("--plugin", "slurm") == [True] * 3
+    assert granularity("--plugin", "sge", "--cluster-jobs", "task") == [False] * 3
+    assert granularity("--plugin", "debug") == [False] * 3
+
+
 def test_clean_work_dir_and_error_summary(tmp_path):
     job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)

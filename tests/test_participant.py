@@ -118,6 +118,24 @@ def test_identical_files_do_not_collapse(tmp_path, model_dir):
     assert "sub-01_T1w" in json.dumps(sources[0]) and "sub-02_T1w" in json.dumps(sources[1])
 
 
+def test_images_are_published_as_they_finish(bids_dir, model_dir, tmp_path):
+    """More images than run at once: each image runs as one job, and is published with its
+    subject's report as soon as it is done, while the others run (not every segmentation
+    first and every result at the end of the run)."""
+    out = tmp_path / "out"
+    proc = run_cli(bids_dir, out, "participant", "--model", model_dir, "-w", tmp_path / "w", "--nprocs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    first_published = log.index("[1/3] sub-01 sub-01_T1w.nii.gz: ok")
+    assert first_published < log.index("sub-02 ses-1 sub-02_ses-1_T1w.nii.gz: started")
+    assert log.index("[2/3] sub-02 ses-1") < log.index("sub-02 ses-2 sub-02_ses-2_T1w.nii.gz: started")
+    # sub-01's report was written when its only image was published, before sub-02's images ran
+    report_mtime = (out / "sub-01.html").stat().st_mtime
+    assert report_mtime < (out / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_dseg.json").stat().st_mtime
+    assert (out / "sub-02.html").stat().st_mtime >= (out / "sub-02" / "ses-2" / "anat" /
+                                                     "sub-02_ses-2_dseg.json").stat().st_mtime
+
+
 def test_sigkill_then_restart_completes_cleanly(bids_dir, model_dir, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     cmd = [sys.executable, "-m", "l2s_pipelines.bids_app.cli", str(bids_dir), str(out), "participant",

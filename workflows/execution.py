@@ -207,6 +207,15 @@ def job_state(task, work_dir) -> str:
     return "pending"
 
 
+def job_settled(task, work_dir) -> str:
+    """``"done"`` or ``"failed"`` once ``task`` has finished and Pydra has released its job lock
+    (its result and error records are then complete on disk), else ``""``."""
+    state = job_state(task, work_dir)
+    if state in ("done", "failed") and not job_dir(task, work_dir).with_suffix(".lock").exists():
+        return state
+    return ""
+
+
 def load_job_result(task, work_dir):
     """The Pydra ``Result`` of ``task`` from its cache folder, or None when there is none."""
     from pydra.engine.result import load_result

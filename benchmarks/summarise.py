@@ -140,6 +140,14 @@ def section_app() -> list[str]:
             summary = data.get("summary", data)
             out += [f"`results/{name}`: " + ", ".join(f"{k} = {_f(v, 3)}" for k, v in summary.items()
                                                        if isinstance(v, (int, float, str))), ""]
+            runs = data.get("runs") or {}
+            if runs:
+                out += ["| images at once | threads each | images | wall (s) | images / min | "
+                        "first image published (s) | median image runtime (s) |", "|---|---|---|---|---|---|---|"]
+                out += [f"| {r['nprocs']} | {r['threads_per_job']} | {r['images_ok']}/{r['images']} | "
+                        f"{_f(r['wall_s'], 1)} | {_f(r['images_per_min'], 2)} | {_f(r.get('first_result_s'), 1)} | "
+                        f"{_f(r['median_image_runtime_s'], 1)} |" for r in runs.values()]
+                out += [""]
         else:
             out += _missing(name, "benchmarks/bench_app.py")
     return out

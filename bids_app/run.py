@@ -137,8 +137,8 @@ def _watch(board: Board, tasks: dict[int, object], images, opts, stop: threading
             if job_settled(task, opts.work_dir):
                 board.set(i, "running")  # logs its start if it ran between two polls
                 try:
-                    _collect(board, i, task, images[i], opts)
-                except Exception as exc:  # noqa: BLE001 (retried by the main thread)
+                    _collect(board, i, task, images[i], opts, final=False)
+                except Exception as exc:  # noqa: BLE001 (_NotYet or a bug: retried by the main thread)
                     deferred.add(i)
                     board.set(i, "finishing")
                     LOG.debug("image %d: collection deferred: %s", i, exc)
@@ -146,24 +146,34 @@ def _watch(board: Board, tasks: dict[int, object], images, opts, stop: threading
                 board.set(i, "running")
 
 
-def _collect(board: Board, i: int, task, im, opts) -> None:
+class _NotYet(Exception):
+    """The watcher leaves an image to the main thread's final collection."""
+
+
+def _collect(board: Board, i: int, task, im, opts, final: bool = True) -> None:
     """Publish image ``i`` from its cached result, or record its error; once per image, whichever
-    of the watcher and the main thread comes first."""
+    of the watcher and the main thread comes first. Not ``final`` (the watcher, while the run
+    goes on), a missing result or a publishing error raises :class:`_NotYet` instead of failing
+    the image (a shared file system may show the result before all of it): the final collection
+    retries, and publishing again is safe (atomic writes). A task error recorded by Pydra fails
+    the image at once."""
     with board.collect_lock:
         if i in board.collected:
             return
-        _publish_or_fail(board, i, task, im, opts)
+        _publish_or_fail(board, i, task, im, opts, final)
         board.collected.add(i)
         subject = board.rows[i]["subject"]
         if all(r["status"] in _FINAL for r in board.rows if r["subject"] == subject):
             _subject_report(board, subject, opts)  # the subject's last image: its report now
 
 
-def _publish_or_fail(board: Board, i: int, task, im, opts) -> None:
+def _publish_or_fail(board: Board, i: int, task, im, opts, final: bool) -> None:
     from l2s_pipelines.bids_app.derivatives import publish_image_results
     from l2s_pipelines.workflows.execution import job_error, load_job_result
 
     result = load_job_result(task, opts.work_dir)
+    if result is None and not final:
+        raise _NotYet("no readable result yet")
     if result is None or result.errored or result.outputs is None:
         board.set(i, "failed", error=job_error(task, opts.work_dir) if result is not None else "not run (no result)")
         return
@@ -176,6 +186,8 @@ def _publish_or_fail(board: Board, i: int, task, im, opts) -> None:
                               spaces_dir=Path(spaces_dir) if spaces_dir else None,
                               spaces=opts.output_spaces)
     except Exception as exc:  # a publishing problem fails this image only
+        if not final:
+            raise _NotYet(f"publishing: {type(exc).__name__}: {exc}") from exc
         board.set(i, "failed", error=f"publishing: {type(exc).__name__}: {exc}")
         return
     board.set(i, "ok", runtime_s=info.get("runtime_s", ""), peak_memory_mb=info.get("peak_memory_mb", ""),

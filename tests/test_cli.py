@@ -130,6 +130,28 @@ def test_job_granularity_per_plugin_and_batch(tmp_path):
     assert granularity("--plugin", "debug") == [False] * 3
 
 
+def test_watcher_leaves_an_unreadable_result_to_the_final_collection(monkeypatch, tmp_path):
+    """While the run goes on, an image whose result cannot be read yet is left for later (not
+    failed); the collection after the Submitter returns fails it, named, once."""
+    from types import SimpleNamespace
+
+    from l2s_pipelines.bids_app import run
+
+    monkeypatch.setattr(execution, "load_job_result", lambda task, work_dir: None)
+    reports = []
+    monkeypatch.setattr(run, "_subject_report", lambda board, subject, opts: reports.append(subject))
+    image = SimpleNamespace(subject="01", session="", path=str(tmp_path / "sub-01_T1w.nii.gz"))
+    board = run.Board([image], SimpleNamespace(update=lambda rows: None))
+    opts = SimpleNamespace(work_dir=tmp_path, output_dir=tmp_path / "out")
+    with pytest.raises(run._NotYet):
+        run._collect(board, 0, None, image, opts, final=False)
+    assert board.rows[0]["status"] == "pending" and not board.collected and not reports
+    run._collect(board, 0, None, image, opts)
+    run._collect(board, 0, None, image, opts)  # once per image
+    assert board.rows[0]["status"] == "failed" and "no result" in board.rows[0]["error"]
+    assert board.collected == {0} and reports == ["01"]
+
+
 def test_clean_work_dir_and_error_summary(tmp_path):
     job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)

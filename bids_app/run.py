@@ -78,9 +78,9 @@ class Board:
         self._t0 = [None] * len(self.rows)
         self._bar, self._counted = None, set()
         if sys.stderr.isatty():
-            from tqdm import tqdm
+            from l2s_pipelines.system import terminal_bar
 
-            self._bar = tqdm(total=len(self.rows), unit="image", desc="l2s-bids")
+            self._bar = terminal_bar(len(self.rows), unit="image", desc="l2s-bids")
 
     def set(self, i: int, status: str, **fields) -> None:
         with self._lock:
@@ -98,8 +98,8 @@ class Board:
             if status in _COUNTED and i not in self._counted:
                 self._counted.add(i)
                 if self._bar is not None:
+                    self._bar.set_postfix_str(f"{label}: {status}", refresh=False)
                     self._bar.update(1)
-                    self._bar.set_postfix_str(f"{label}: {status}")
                 else:
                     LOG.info("[%d/%d] %s %s: %s", len(self._counted), len(self.rows), label,
                              Path(row["input"]).name, status)

@@ -1,4 +1,4 @@
-r"""The host, in one place: the CPUs of this job and atomic file writes.
+r"""The host, in one place: the CPUs of this job, atomic file writes and the terminal's progress bar.
 
 No torch or numpy import, so command lines can use it before they set thread variables.
 
@@ -70,3 +70,42 @@ def write_json(dest, obj, *, allow_nan: bool = True) -> Path:
     """Atomically write ``obj`` as indented JSON (numpy scalars as floats); ``allow_nan=False``
     refuses NaN and infinities (strict JSON)."""
     return atomic_write_text(dest, json.dumps(obj, indent=2, allow_nan=allow_nan, default=float) + "\n")
+
+
+def terminal_bar(total: int, *, stream=None, **tqdm_kwargs):
+    """A tqdm progress bar of ``total`` steps on ``stream`` (default stderr), for a terminal.
+
+    It follows the terminal's size. A terminal that reports no size (0 x 0: some
+    pseudo-terminals, e.g. ``script`` or a container's tty before its first resize) would get an
+    invisible bar from tqdm (it hides bars below the last of 0 rows); it gets ``$COLUMNS`` x
+    ``$LINES``, else 80 x 24, instead.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> bar = terminal_bar(3, stream=out, desc="demo")
+    >>> bar.update(3); bar.close()
+    >>> "demo: 100%" in out.getvalue() and "3/3" in out.getvalue()
+    True
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    if size.columns > 0 and size.lines > 0:
+        return tqdm(total=total, file=stream, dynamic_ncols=True, **tqdm_kwargs)
+    return tqdm(total=total, file=stream, ncols=_positive_env("COLUMNS", 80), nrows=_positive_env("LINES", 24),
+                **tqdm_kwargs)
+
+
+def _positive_env(name: str, default: int) -> int:
+    """The positive integer in environment variable ``name``, else ``default``."""
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default

@@ -152,6 +152,37 @@ def test_watcher_leaves_an_unreadable_result_to_the_final_collection(monkeypatch
     assert board.collected == {0} and reports == ["01"]
 
 
+def test_progress_bar_shows_on_a_terminal_that_reports_no_width(monkeypatch):
+    """A fresh pseudo-terminal reports 0 columns, where a plain tqdm bar prints nothing."""
+    import os
+    import pty
+    import select
+    import sys
+
+    from l2s_pipelines.system import terminal_bar
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    master, slave = pty.openpty()
+    try:
+        assert tuple(os.get_terminal_size(slave)) == (0, 0)
+        with open(slave, "w", closefd=False) as stream:
+            monkeypatch.setattr(sys, "stderr", stream)  # tqdm sizes bars on stderr itself
+            bar = terminal_bar(3, desc="l2s-bids", unit="image")
+            bar.update(3)
+            bar.close()
+        shown = b""
+        while select.select([master], [], [], 1.0)[0]:
+            shown += os.read(master, 4096)
+            if b"3/3" in shown:
+                break
+        shown = shown.decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "l2s-bids: 100%" in shown and "3/3" in shown
+
+
 def test_clean_work_dir_and_error_summary(tmp_path):
     job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)

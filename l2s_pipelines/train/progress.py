@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
+from l2s_pipelines.system import terminal_bar
 
 
 class Progress:
@@ -17,7 +17,7 @@ class Progress:
         self.total, self.every = total, max(1, every)
         self.stream = stream or sys.stderr
         tty = self.stream.isatty() if tty is None else tty
-        self.bar = tqdm(total=total, initial=start, file=self.stream, dynamic_ncols=True) if tty else None
+        self.bar = terminal_bar(total, initial=start, stream=self.stream) if tty else None
 
     def update(self, step: int, record: dict) -> None:
         """``step``: index of the step just done (0-based); ``record``: its metrics."""

@@ -16,6 +16,7 @@ dataset; 3 some images failed; 4 all images failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -77,10 +78,14 @@ class Board:
         self.collect_lock = threading.Lock()
         self._t0 = [None] * len(self.rows)
         self._bar, self._counted = None, set()
+        self._on_close = contextlib.ExitStack()
         if sys.stderr.isatty():
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
             from l2s_pipelines.system import terminal_bar
 
             self._bar = terminal_bar(len(self.rows), unit="image", desc="l2s-bids")
+            self._on_close.enter_context(logging_redirect_tqdm())  # log lines above the bar, not on it
 
     def set(self, i: int, status: str, **fields) -> None:
         with self._lock:
@@ -118,6 +123,7 @@ class Board:
         return EXIT_ALL_FAILED if failed == len(self.rows) else EXIT_SOME_FAILED
 
     def close(self) -> None:
+        self._on_close.close()
         if self._bar is not None:
             self._bar.close()
 

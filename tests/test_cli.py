@@ -183,6 +183,43 @@ def test_progress_bar_shows_on_a_terminal_that_reports_no_width(monkeypatch):
     assert "l2s-bids: 100%" in shown and "3/3" in shown
 
 
+def test_log_lines_print_above_the_progress_bar_on_a_terminal(monkeypatch):
+    """On a terminal, an image's failure is logged on a line of its own (the bar is cleared and
+    redrawn), and closing the board restores the logging handlers."""
+    import logging
+    import os
+    import pty
+    import select
+    import sys
+    from types import SimpleNamespace
+
+    from l2s_pipelines.bids_app import run
+
+    master, slave = pty.openpty()
+    root = logging.getLogger()
+    with open(slave, "w", closefd=False) as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        handler = logging.StreamHandler(stream)
+        root.addHandler(handler)
+        try:
+            image = SimpleNamespace(subject="01", session="", path="/data/sub-01_T1w.nii.gz")
+            board = run.Board([image, image], SimpleNamespace(update=lambda rows: None))
+            board.set(0, "failed", error="InputError: declared size")
+            board.close()
+            assert handler in root.handlers
+        finally:
+            root.removeHandler(handler)
+    shown = b""
+    while select.select([master], [], [], 0.5)[0]:
+        shown += os.read(master, 4096)
+    os.close(master)
+    os.close(slave)
+    lines = shown.decode().replace("\r", "\n").split("\n")
+    failure = [line for line in lines if "InputError: declared size" in line]
+    assert failure == ["sub-01 sub-01_T1w.nii.gz: InputError: declared size"], lines
+    assert any("l2s-bids:" in line and "1/2" in line for line in lines)
+
+
 def test_clean_work_dir_and_error_summary(tmp_path):
     job = tmp_path / "work" / f"python-{'a' * 32}"
     job.mkdir(parents=True)

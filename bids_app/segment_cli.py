@@ -196,7 +196,9 @@ def _publish_files(staged: Path, info: dict, *, source: Path, dseg: Path, base: 
             "SpatialReference": written["resampled"].name if "resampled" in written else "orig",
             "Model": model, "Device": info["device"], "Threads": info["threads"],
             "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": __version__, "CodeURL": code_url()}],
-            "L2SVersions": software_versions()}
+            "L2SVersions": software_versions(),
+            # as in l2s-bids' sidecars: the model's accuracy note, when it has one
+            "Warnings": [info["model_accuracy_warning"]] if info.get("model_accuracy_warning") else []}
     if info.get("probseg_encoding"):
         meta["ProbsegEncoding"] = info["probseg_encoding"]
     written["dseg_json"] = write_json(dseg.with_name(_stem(dseg) + ".json"), meta)
@@ -293,6 +295,11 @@ def main(argv=None) -> int:
     except (InputError, ModelError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from l2s_pipelines.model_card import accuracy_warning
+
+    note = accuracy_warning(segmenter.manifest)
+    if note:  # the same sentence as in the sidecars and in l2s-bids' log and reports
+        print(f"{PROG}: warning: {note}", file=sys.stderr, flush=True)
     failed, vol_rows, qc_rows = segment_files(files, targets, segmenter, ns, budget)
     failed += len(bad)
     from l2s_pipelines.bids_app.derivatives import atomic_write_text

@@ -83,6 +83,10 @@ def test_folder_run_same_segmenter_and_tables_as_the_app(scans, model_dir, tmp_p
     sidecar = json.loads((out / "a_dseg.json").read_text())
     assert sidecar["Sources"] == [(scans / "a.nii.gz").absolute().as_uri()]
     assert sidecar["Model"]["SHA256"] == seg.manifest["weights"]["sha256"] and sidecar["Threads"] == 1
+    # the test model records no accuracy: one sentence in the log (once) and in every sidecar, as in l2s-bids
+    note = sidecar["Model"]["AccuracyWarning"]
+    assert "no measured accuracy" in note and sidecar["Warnings"] == [note]
+    assert [line for line in proc.stderr.splitlines() if "warning:" in line] == [f"l2s-segment: warning: {note}"]
     post = nib.load(out / "a_probseg.nii.gz")
     assert post.shape == (*res.dseg.shape, 33)
     # the CSVs: one row per segmented image, none for the broken one

@@ -185,6 +185,11 @@ def run_app(args, model: Path, bids: Path, tmp: Path, env: dict, r: int) -> tupl
 PATHS = ("bare", "same_outputs", "app")
 
 
+def round_order(r: int) -> tuple[str, ...]:
+    """The three paths in the order of round ``r``: ``PATHS`` rotated by ``r``."""
+    return PATHS[r % 3:] + PATHS[:r % 3]
+
+
 def bench_overhead(args, model: Path, tmp: Path) -> dict:
     """Rounds of the three paths; round ``r`` runs them in ``PATHS`` rotated by ``r``, so that a
     drift within a round (the host warming up, another process) is not always counted against
@@ -194,7 +199,7 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
     runs: dict[str, list] = {p: [] for p in PATHS}
     cmds: dict[str, list[str]] = {}
     for r in range(-1, args.repeats):
-        order = PATHS[r % 3:] + PATHS[:r % 3]
+        order = round_order(r)
         for path in order:
             run, cmds[path] = (run_app(args, model, bids, tmp, env, r) if path == "app"
                                else run_direct(args, model, bids, tmp, env, path, r))
@@ -218,7 +223,7 @@ def bench_overhead(args, model: Path, tmp: Path) -> dict:
                                     "median_outside_segmenter_s": outside_c},
             "app": {"command": " ".join(cmds["app"]), "runs": app, "median_wall_s": mb,
                     "median_outside_segmenter_s": outside_b},
-            "round_orders": [list(PATHS[r % 3:] + PATHS[:r % 3]) for r in range(args.repeats)],
+            "round_orders": [list(round_order(r)) for r in range(args.repeats)],
             "overhead": round(mb / ma - 1, 4), "overhead_target": "at most 0.05 (issue 11)",
             "overhead_same_outputs": round(mb / mc - 1, 4),
             "overhead_paired": paired(direct), "overhead_same_outputs_paired": paired(same),

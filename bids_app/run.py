@@ -133,22 +133,21 @@ def _watch(board: Board, tasks: dict[int, object], images, opts, stop: threading
     lock appears, and publish it (or record its error) as soon as its workflow has settled, so
     that results appear while the run goes on. The main thread collects whatever is left when
     the Submitter returns; a collection that raises here is left to it."""
-    from l2s_pipelines.workflows.execution import job_settled, job_state
+    from l2s_pipelines.workflows.execution import job_state
 
-    deferred: set[int] = set()
     while not stop.wait(POLL_S):
         for i, task in tasks.items():
-            if i in board.collected or i in deferred or board.rows[i]["status"] not in ("pending", "running"):
+            if board.rows[i]["status"] not in ("pending", "running"):  # collected, or left to the end
                 continue
-            if job_settled(task, opts.work_dir):
+            state = job_state(task, opts.work_dir)
+            if state in ("done", "failed"):
                 board.set(i, "running")  # logs its start if it ran between two polls
                 try:
                     _collect(board, i, task, images[i], opts, final=False)
                 except Exception as exc:  # noqa: BLE001 (_NotYet or a bug: retried by the main thread)
-                    deferred.add(i)
                     board.set(i, "finishing")
                     LOG.debug("image %d: collection deferred: %s", i, exc)
-            elif board.rows[i]["status"] == "pending" and job_state(task, opts.work_dir) == "running":
+            elif state == "running":
                 board.set(i, "running")
 
 

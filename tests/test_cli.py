@@ -5,7 +5,13 @@ All in-process and fast: these paths stop before any Pydra worker starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import pty
+import select
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,53 +158,53 @@ def test_watcher_leaves_an_unreadable_result_to_the_final_collection(monkeypatch
     assert board.collected == {0} and reports == ["01"]
 
 
+@contextlib.contextmanager
+def pty_as_stderr(monkeypatch):
+    """A fresh pseudo-terminal (it reports 0 x 0) as ``sys.stderr``: yields ``(stream, shown)``,
+    ``shown()`` returning what the terminal has received (read until 0.5 s without output)."""
+    master, slave = pty.openpty()
+    stream = open(slave, "w", closefd=False)
+    monkeypatch.setattr(sys, "stderr", stream)  # tqdm sizes bars on stderr itself
+
+    def shown() -> str:
+        stream.flush()
+        received = b""
+        while select.select([master], [], [], 0.5)[0]:
+            received += os.read(master, 4096)
+        return received.decode()
+
+    try:
+        yield stream, shown
+    finally:
+        stream.close()
+        os.close(master)
+        os.close(slave)
+
+
 def test_progress_bar_shows_on_a_terminal_that_reports_no_width(monkeypatch):
     """A fresh pseudo-terminal reports 0 columns, where a plain tqdm bar prints nothing."""
-    import os
-    import pty
-    import select
-    import sys
-
     from l2s_pipelines.system import terminal_bar
 
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
-    master, slave = pty.openpty()
-    try:
-        assert tuple(os.get_terminal_size(slave)) == (0, 0)
-        with open(slave, "w", closefd=False) as stream:
-            monkeypatch.setattr(sys, "stderr", stream)  # tqdm sizes bars on stderr itself
-            bar = terminal_bar(3, desc="l2s-bids", unit="image")
-            bar.update(3)
-            bar.close()
-        shown = b""
-        while select.select([master], [], [], 1.0)[0]:
-            shown += os.read(master, 4096)
-            if b"3/3" in shown:
-                break
-        shown = shown.decode()
-    finally:
-        os.close(master)
-        os.close(slave)
-    assert "l2s-bids: 100%" in shown and "3/3" in shown
+    with pty_as_stderr(monkeypatch) as (stream, shown):
+        assert tuple(os.get_terminal_size(stream.fileno())) == (0, 0)
+        bar = terminal_bar(3, desc="l2s-bids", unit="image")
+        bar.update(3)
+        bar.close()
+        text = shown()
+    assert "l2s-bids: 100%" in text and "3/3" in text
 
 
 def test_log_lines_print_above_the_progress_bar_on_a_terminal(monkeypatch):
     """On a terminal, an image's failure is logged on a line of its own (the bar is cleared and
     redrawn), and closing the board restores the logging handlers."""
-    import logging
-    import os
-    import pty
-    import select
-    import sys
     from types import SimpleNamespace
 
     from l2s_pipelines.bids_app import run
 
-    master, slave = pty.openpty()
     root = logging.getLogger()
-    with open(slave, "w", closefd=False) as stream:
-        monkeypatch.setattr(sys, "stderr", stream)
+    with pty_as_stderr(monkeypatch) as (stream, shown):
         handler = logging.StreamHandler(stream)
         root.addHandler(handler)
         try:
@@ -209,12 +215,7 @@ def test_log_lines_print_above_the_progress_bar_on_a_terminal(monkeypatch):
             assert handler in root.handlers
         finally:
             root.removeHandler(handler)
-    shown = b""
-    while select.select([master], [], [], 0.5)[0]:
-        shown += os.read(master, 4096)
-    os.close(master)
-    os.close(slave)
-    lines = shown.decode().replace("\r", "\n").split("\n")
+        lines = shown().replace("\r", "\n").split("\n")
     failure = [line for line in lines if "InputError: declared size" in line]
     assert failure == ["sub-01 sub-01_T1w.nii.gz: InputError: declared size"], lines
     assert any("l2s-bids:" in line and "1/2" in line for line in lines)

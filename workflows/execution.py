@@ -196,24 +196,16 @@ def job_dir(task, work_dir) -> Path:
 
 
 def job_state(task, work_dir) -> str:
-    """``"done"``, ``"failed"``, ``"running"`` (lock held) or ``"pending"`` for ``task``."""
+    """``"running"`` while Pydra holds the job lock of ``task`` (its result and error records are
+    written under it), then ``"done"`` or ``"failed"``; ``"pending"`` before it starts."""
     d = job_dir(task, work_dir)
+    if d.with_suffix(".lock").exists():
+        return "running"
     if (d / "_error.pklz").exists():
         return "failed"
     if (d / "_result.pklz").exists():
         return "done"
-    if d.with_suffix(".lock").exists():
-        return "running"
     return "pending"
-
-
-def job_settled(task, work_dir) -> str:
-    """``"done"`` or ``"failed"`` once ``task`` has finished and Pydra has released its job lock
-    (its result and error records are then complete on disk), else ``""``."""
-    state = job_state(task, work_dir)
-    if state in ("done", "failed") and not job_dir(task, work_dir).with_suffix(".lock").exists():
-        return state
-    return ""
 
 
 def load_job_result(task, work_dir):
